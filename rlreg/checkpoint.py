@@ -1,0 +1,111 @@
+"""Atomic checkpoints that load without executing pickled code, and RNG capture for exact resume.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts written with ``torch.save`` to a
+temporary file, fsynced, then renamed into place; ``torch.load(..., weights_only=True)`` reads it back.
+Only the last ``keep`` checkpoints are kept; a failed write never touches the previous ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^ckpt_(\d{10})\.pt$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    return [p for _, p in found]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
+    path = checkpoint_dir(run_dir) / f"ckpt_{step:010d}.pt"
+    atomic_torch_save(state, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` without unpickling arbitrary objects."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# -- RNG state -----------------------------------------------------------------------------------
+
+
+def capture_rng(generators: dict[str, torch.Generator], np_rng: np.random.Generator) -> dict[str, Any]:
+    """Every random state a run uses: torch (global and CUDA), the run's own generators, numpy, python."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+        "numpy_generator": json.dumps(np_rng.bit_generator.state),
+        "numpy_global": json.dumps(_np_global_state()),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator], np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    for key, gen in generators.items():
+        gen.set_state(state["generators"][key])
+    np_rng.bit_generator.state = json.loads(state["numpy_generator"])
+    kind, keys, pos, has_gauss, cached = json.loads(state["numpy_global"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _np_global_state() -> list[Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]

@@ -1,0 +1,332 @@
+"""Typed run configuration.
+
+Hydra composes a ``DictConfig``; :func:`to_run_config` converts it once, at the boundary, into the
+dataclasses below. Nothing under ``rlreg`` reads a raw ``DictConfig``. Unknown keys, unknown agents or
+regularizers and wrongly typed values raise :class:`ConfigError` naming the offending option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, missing or of the wrong type (the message names the option)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Learners. Each learner owns one config dataclass; the registry below maps names to them.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TD3Config:
+    """TD3 core (offline.md 1.4). ``num_critics=1, target_noise=0, policy_freq=1`` gives DDPG."""
+
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    num_critics: int = 2
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    target_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    # TD3+BC "Q normalisation": actor Q term scaled by alpha / mean|Q| (None: plain -mean Q).
+    q_norm_alpha: float | None = None
+    actor_dropout: float = 0.0
+    exploration_noise: float = 0.1  # online only: Gaussian std on the policy action
+
+
+@dataclass
+class SACConfig:
+    """SAC with an N-critic ensemble (offline.md 2.2; N=2 is SAC, N>2 is SAC-N)."""
+
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    num_critics: int = 2
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    init_alpha: float = 1.0
+    learn_alpha: bool = True
+    target_entropy: float | None = None  # None: -|A|
+    log_std_bounds: tuple[float, float] = (-5.0, 2.0)
+    init: str = "pytorch"  # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads)
+    critic_layer_norm: bool = False
+    critic_dropout: float = 0.0
+    actor_q_reduce: str = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
+    # "sequential": alpha, actor, critic losses each after the previous step (CORL SAC-N/EDAC);
+    # "simultaneous": all losses from the parameters at the start of the step (RORL).
+    update_order: str = "sequential"
+
+
+LEARNER_CONFIGS: dict[str, type] = {"td3": TD3Config, "sac": SACConfig}
+
+
+# --------------------------------------------------------------------------------------------------
+# Regularizers register their config dataclass here (rlreg.regularizers.* call register_regularizer).
+# --------------------------------------------------------------------------------------------------
+
+REGULARIZER_CONFIGS: dict[str, type] = {}
+
+
+def register_regularizer_config(name: str, config_cls: type) -> None:
+    REGULARIZER_CONFIGS[name] = config_cls
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    learner: str
+    learner_config: Any
+    regularizers: dict[str, Any]
+
+
+@dataclass
+class EnvConfig:
+    """A Gymnasium environment: evaluation env of a dataset, or the training env of an online run."""
+
+    id: str = "Hopper-v5"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """Where the offline data comes from and how it is pre-processed (offline.md 1.2, 7)."""
+
+    name: str = "hopper-embedded"
+    # "d4rl_hdf5" (a D4RL-layout file), "d4rl" (the d4rl package), "minari" (local Minari id),
+    # "embedded" (collected on this machine by a policy the project ships).
+    source: str = "embedded"
+    id: str | None = None
+    path: str | None = None
+    verify: str = "error"  # checksum of official D4RL files: error | warn | off
+    env: EnvConfig = field(default_factory=EnvConfig)
+    normalize_states: bool = True
+    state_std_eps: float = 1e-3
+    reward_transform: str = "identity"  # identity | affine | minus_one | return_range
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0
+    # embedded source only
+    policy: str | None = None
+    num_transitions: int = 0
+    action_noise: float = 0.0
+    collect_seed: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    mode: str = "offline"  # offline | online
+    total_steps: int = 1_000_000  # gradient steps (offline) or env steps (online)
+    batch_size: int = 256
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    eval_seed_offset: int = 100
+    log_every: int = 1000  # metrics are synced from the device every log_every steps
+    checkpoint_every: int = 50_000
+    keep_checkpoints: int = 3
+    # online only
+    warmup_steps: int = 5000
+    utd_ratio: int = 1
+    buffer_size: int = 1_000_000
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "rlreg"
+    entity: str | None = None
+    group: str | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    agent: AgentConfig
+    trainer: TrainerConfig
+    logging: LoggingConfig
+    dataset: DatasetConfig | None = None
+    env: EnvConfig | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    run_root: str = "runs"
+    run_dir: str | None = None  # explicit override of the derived run directory
+    tag: str = ""
+
+    @property
+    def task_name(self) -> str:
+        if self.trainer.mode == "offline":
+            assert self.dataset is not None
+            return self.dataset.name
+        assert self.env is not None
+        return self.env.id
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Check/convert ``value`` against a (simple) type annotation, naming ``path`` on failure."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        last: ConfigError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                last = err
+        raise last or ConfigError(f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        if len(args) == 2 and args[1] is not Ellipsis:
+            if len(value) != 2:
+                raise ConfigError(f"{path}: expected 2 values, got {value!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return list(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError naming ``path.key``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{path}.{unknown[0]}: unknown option for {cls.__name__}; valid options: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _choice(value: str, allowed: Mapping[str, Any] | tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{option}={value!r} is unknown; choose one of: {', '.join(sorted(allowed))}")
+    return value
+
+
+def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Convert the plain container of a composed Hydra config (``OmegaConf.to_container(cfg,
+    resolve=True)``) into a :class:`RunConfig`, validating every option."""
+    import rlreg.regularizers  # noqa: F401  (registers the regularizer configs)
+
+    raw = dict(raw)
+    agent_raw = dict(raw.pop("agent", None) or {})
+    if not agent_raw:
+        raise ConfigError("agent: missing; choose one with agent=<name> (see conf/agent/)")
+    name = agent_raw.pop("name", None)
+    learner = agent_raw.pop("learner", None)
+    if not isinstance(name, str) or not isinstance(learner, str):
+        raise ConfigError("agent: needs 'name' and 'learner' keys (see conf/agent/*.yaml)")
+    _choice(learner, LEARNER_CONFIGS, "agent.learner")
+    learner_cfg = from_dict(LEARNER_CONFIGS[learner], agent_raw, "agent")
+
+    regs_raw = raw.pop("regularizer", None) or {}
+    regularizers: dict[str, Any] = {}
+    for reg_name, reg_cfg in regs_raw.items():
+        _choice(reg_name, REGULARIZER_CONFIGS, "regularizer")
+        regularizers[reg_name] = from_dict(REGULARIZER_CONFIGS[reg_name], reg_cfg or {}, f"regularizer.{reg_name}")
+    agent = AgentConfig(name=name, learner=learner, learner_config=learner_cfg, regularizers=regularizers)
+
+    trainer = from_dict(TrainerConfig, raw.pop("trainer", {}) or {}, "trainer")
+    logging = from_dict(LoggingConfig, raw.pop("logging", {}) or {}, "logging")
+    dataset_raw = raw.pop("dataset", None)
+    env_raw = raw.pop("env", None)
+    dataset = from_dict(DatasetConfig, dataset_raw, "dataset") if dataset_raw else None
+    env = from_dict(EnvConfig, env_raw, "env") if env_raw else None
+    raw.pop("tuned", None)
+    scalars = {f.name for f in dataclasses.fields(RunConfig)} - {"agent", "trainer", "logging", "dataset", "env"}
+    unknown = sorted(set(raw) - scalars)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level option; valid: {', '.join(sorted(scalars))}")
+    hints = typing.get_type_hints(RunConfig)
+    top = {k: _coerce(v, hints[k], k) for k, v in raw.items()}
+    run = RunConfig(agent=agent, trainer=trainer, logging=logging, dataset=dataset, env=env, **top)
+    validate(run)
+    return run
+
+
+def validate(run: RunConfig) -> None:
+    """Cross-option checks, each naming the options involved."""
+    t = run.trainer
+    _choice(t.mode, ("offline", "online"), "trainer.mode")
+    _choice(run.logging.wandb_mode, ("offline", "online", "disabled"), "logging.wandb_mode")
+    if t.mode == "offline" and run.dataset is None:
+        raise ConfigError("trainer.mode=offline needs a dataset: add dataset=<name> (see conf/dataset/)")
+    if t.mode == "online" and run.env is None:
+        raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
+    for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
+    if t.checkpoint_every % t.log_every:
+        raise ConfigError(
+            f"trainer.checkpoint_every ({t.checkpoint_every}) must be a multiple of trainer.log_every ({t.log_every})"
+        )
+    if t.keep_checkpoints < 1:
+        raise ConfigError("trainer.keep_checkpoints must be >= 1")
+    if run.dataset is not None:
+        _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded"), "dataset.source")
+        _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")
+    lc = run.agent.learner_config
+    if isinstance(lc, SACConfig):
+        _choice(lc.actor_q_reduce, ("min", "mean"), "agent.actor_q_reduce")
+        _choice(lc.update_order, ("sequential", "simultaneous"), "agent.update_order")
+        _choice(lc.init, ("pytorch", "sacn"), "agent.init")
+    if lc.num_critics < 1:
+        raise ConfigError("agent.num_critics must be >= 1")

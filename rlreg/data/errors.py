@@ -1,0 +1,11 @@
+"""Error type raised for every bad dataset input."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset file, id or option is missing, malformed or inconsistent.
+
+    Messages name the file (or dataset id), the key or option concerned, and what was
+    expected versus what was found.
+    """

@@ -1,0 +1,96 @@
+"""Gymnasium environments for training and evaluation, and the batched evaluation loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlreg.config import EnvConfig
+
+
+def make_env(config: EnvConfig) -> gym.Env:
+    """Create the Gymnasium env of ``config`` (``dm_control/...`` ids register through shimmy)."""
+    if config.id.startswith("dm_control/"):
+        import shimmy  # noqa: F401  (registers dm_control ids)
+
+        env = gym.make(config.id, **config.kwargs)
+        env = gym.wrappers.FlattenObservation(env)
+        return gym.wrappers.TransformObservation(
+            env, lambda o: o.astype(np.float32), env.observation_space
+        )
+    kwargs = dict(config.kwargs)
+    if config.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = config.max_episode_steps
+    return gym.make(config.id, **kwargs)
+
+
+def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.spaces.Box]:
+    """obs_dim, act_dim, max_action and the two spaces of the env (checked to be Box, symmetric)."""
+    env = make_env(config)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
+        raise ValueError(f"env.id={config.id}: rlreg's continuous learners need Box observation and action spaces")
+    high = float(np.max(act_space.high))
+    if not np.allclose(act_space.low, -act_space.high) or not np.allclose(act_space.high, high):
+        raise ValueError(f"env.id={config.id}: action space must be symmetric [-m, m]^A, got {act_space}")
+    return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), high, obs_space, act_space
+
+
+def normalized_score(ret: float, ref_min: float | None, ref_max: float | None) -> float | None:
+    """D4RL's normalised score x 100: 100 * (R - min) / (max - min); None without references."""
+    if ref_min is None or ref_max is None:
+        return None
+    return 100.0 * (ret - ref_min) / (ref_max - ref_min)
+
+
+@dataclass
+class EvalResult:
+    returns: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def mean_return(self) -> float:
+        return float(self.returns.mean())
+
+
+def evaluate(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    config: EnvConfig,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    obs_mean: np.ndarray | None = None,
+    obs_std: np.ndarray | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes in parallel envs (env i reset with ``seed + i``), one batched policy
+    call per step over the still-running episodes. ``policy`` maps normalised observations to actions."""
+    envs = [make_env(config) for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    returns = np.zeros(episodes)
+    lengths = np.zeros(episodes, dtype=np.int64)
+    active = np.ones(episodes, dtype=bool)
+    mean = None if obs_mean is None else torch.as_tensor(obs_mean, device=device)
+    std = None if obs_std is None else torch.as_tensor(obs_std, device=device)
+    while active.any():
+        idx = np.flatnonzero(active)
+        x = torch.as_tensor(obs[idx], device=device)
+        if mean is not None:
+            x = (x - mean) / std
+        actions = policy(x).cpu().numpy()
+        for j, i in enumerate(idx):
+            next_obs, reward, terminated, truncated, _ = envs[i].step(actions[j])
+            returns[i] += reward
+            lengths[i] += 1
+            obs[i] = next_obs
+            if terminated or truncated:
+                active[i] = False
+    for env in envs:
+        env.close()
+    return EvalResult(returns=returns, lengths=lengths)

@@ -1,0 +1,36 @@
+"""Network building blocks for rlreg agents (see layers / critics / actors / vae)."""
+from .actors import ACTOR_INITS, DeterministicActor, TanhGaussianActor, gaussian_kl
+from .critics import CRITIC_INITS, EnsembleCritic
+from .layers import (
+    EnsembleLayerNorm,
+    EnsembleLinear,
+    EnsembleMLP,
+    ObsNormalizer,
+    RunningNormalizer,
+    hard_update_,
+    init_bias_,
+    init_last_layer_uniform_,
+    mlp,
+    polyak_update_,
+)
+from .vae import ConditionalVAE
+
+__all__ = [
+    "mlp",
+    "EnsembleLinear",
+    "EnsembleLayerNorm",
+    "EnsembleMLP",
+    "polyak_update_",
+    "hard_update_",
+    "init_last_layer_uniform_",
+    "init_bias_",
+    "ObsNormalizer",
+    "RunningNormalizer",
+    "EnsembleCritic",
+    "CRITIC_INITS",
+    "DeterministicActor",
+    "TanhGaussianActor",
+    "gaussian_kl",
+    "ACTOR_INITS",
+    "ConditionalVAE",
+]

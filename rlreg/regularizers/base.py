@@ -1,0 +1,115 @@
+"""The regularizer interface: objects that add loss terms to a learner's actor and/or critic loss.
+
+A learner calls every regularizer of the agent, in config order, at fixed points of its update:
+
+* ``critic_terms(batch, ctx)``: extra critic loss terms (added to the TD loss before the critic step);
+* ``after_critic_step(batch, ctx)``: the regularizer's own optimisation (e.g. A2PR's value net and VAE);
+* ``actor_terms(batch, ctx)``: extra actor loss terms (added to the policy objective);
+* ``after_update(step)``: schedules (e.g. RORL's decaying lambda).
+
+A regularizer may own networks (``self.modules``) and optimizers (``self.optimizers``), a pre-training
+phase (``pretrain_steps`` and ``pretrain_step``), checkpointed state (``state_dict``) and metrics: every
+returned term is logged as ``<regularizer>/<term>``. Stacking works because terms are only added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from rlreg.data.buffers import Batch
+
+if TYPE_CHECKING:
+    from rlreg.learners.base import Learner
+
+
+@dataclass
+class CriticContext:
+    """What a critic regularizer can see: the online Q values of the batch and the TD target."""
+
+    q: Tensor  # (E, B) online Q_i(s, a)
+    target: Tensor  # (B,) TD target y (no gradient)
+    step: int
+
+
+@dataclass
+class ActorContext:
+    """What an actor regularizer can see at the current states ``batch.observations``."""
+
+    actions: Tensor  # (B, A) policy actions, differentiable w.r.t. the actor
+    q: Tensor  # (B,) the Q value the learner's objective uses (differentiable w.r.t. actions)
+    step: int
+    log_prob: Tensor | None = None  # (B,) stochastic policies only
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class SetupContext:
+    """Static facts a regularizer may need when it is bound to a learner."""
+
+    obs_dim: int
+    act_dim: int
+    max_action: float
+    device: torch.device
+    dataset: Any = None  # the TransitionDataset of an offline run (normalised as the buffer is)
+
+
+class Regularizer:
+    """Base class with no-op hooks; subclasses override what they need."""
+
+    name: str = "regularizer"
+
+    def __init__(self) -> None:
+        self.modules = nn.ModuleDict()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.learner: Learner | None = None
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def bind(self, learner: "Learner", ctx: SetupContext) -> None:
+        """Called once when the agent is built; create networks and optimizers here."""
+        self.learner = learner
+
+    # -- pre-training ----------------------------------------------------------------------------
+    @property
+    def pretrain_steps(self) -> int:
+        return 0
+
+    def pretrain_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # -- loss hooks ------------------------------------------------------------------------------
+    def critic_terms(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:
+        return {}
+
+    def after_critic_step(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:
+        return {}
+
+    def actor_terms(self, batch: Batch, ctx: ActorContext) -> dict[str, Tensor]:
+        return {}
+
+    def after_update(self, step: int) -> None:
+        return None
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": self.modules.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.modules.load_state_dict(state["modules"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Schedules and counters (tensors or plain numbers) to checkpoint."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        return None

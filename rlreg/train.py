@@ -1,0 +1,65 @@
+"""Hydra entry point: ``python -m rlreg.train agent=td3bc dataset=hopper-medium-v2 seed=0``.
+
+The composed config is converted once into a typed :class:`~rlreg.config.RunConfig`; training resumes
+from the run directory's latest checkpoint when there is one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from rlreg.config import ConfigError, RunConfig, to_run_config
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def run_from_hydra(cfg: DictConfig) -> RunConfig:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return to_run_config(container)  # type: ignore[arg-type]
+
+
+def report(summary: dict[str, Any]) -> None:
+    score = summary["last_normalized_score"]
+    best = summary["best_normalized_score"]
+    print(
+        "\n".join(
+            [
+                "",
+                f"[rlreg] finished {summary['steps']} steps in {summary['wall_seconds']} s",
+                f"[rlreg] last normalized score: {'n/a' if score is None else f'{score:.1f}'}"
+                f" (return {summary['last_return']:.1f}; best {'n/a' if best is None else f'{best:.1f}'})",
+                f"[rlreg] run dir:    {summary['run_dir']}",
+                f"[rlreg] checkpoint: {summary['checkpoint']}",
+                f"[rlreg] metrics:    {summary['metrics']}",
+            ]
+        ),
+        flush=True,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from rlreg.trainers import train
+
+    try:
+        run = run_from_hydra(cfg)
+    except ConfigError as err:
+        print(f"[rlreg] configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = train(run)
+    report(summary)
+    return summary["last_normalized_score"]
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

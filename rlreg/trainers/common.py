@@ -1,0 +1,284 @@
+"""What the offline and online trainers share: the run directory, seeding, the agent, metrics,
+evaluation, NaN guards and checkpoints with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlreg.checkpoint import (
+    atomic_write_text,
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from rlreg.config import ConfigError, EnvConfig, RunConfig
+from rlreg.envs import evaluate, normalized_score
+from rlreg.learners.base import Learner
+from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters
+
+# Options that may change between launches of the same run without making it a different run.
+RESUMABLE_CHANGES = ("trainer.total_steps", "logging", "device", "threads", "run_root", "run_dir")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_name(run: RunConfig) -> str:
+    regs = "+".join(run.agent.regularizers)
+    name = run.agent.name + (f"-{regs}" if regs else "")
+    return name + (f"_{run.tag}" if run.tag else "")
+
+
+def derive_run_dir(run: RunConfig) -> Path:
+    """``<run_root>/<agent>[-<regularizers>][_<tag>]/<dataset or env>/seed<k>``: a relaunched job finds it."""
+    if run.run_dir:
+        return Path(run.run_dir)
+    task = run.task_name.replace("/", "_")
+    return Path(run.run_root) / run_name(run) / task / f"seed{run.seed}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_same_run(stored: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a run directory written by a different configuration."""
+    a, b = _flatten(stored), _flatten(current)
+    diff = sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
+    )
+    if diff:
+        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
+        raise ConfigError(
+            f"{run_dir} holds a run with a different configuration ({details}). "
+            "Set tag=<name> (or run_dir=<path>) to start a separate run, or delete that directory."
+        )
+
+
+def config_to_dict(run: RunConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(run)
+    return json.loads(json.dumps(d, default=str))
+
+
+class StopRequested(Exception):
+    """Raised after a checkpoint was written because the process was asked to stop (SIGTERM/SIGUSR1)."""
+
+
+class TrainerBase:
+    """Shared machinery; subclasses implement ``_setup`` and ``_train``."""
+
+    def __init__(self, run: RunConfig, announce: bool = True) -> None:
+        self.run = run
+        self.announce = announce
+        self.run_dir = derive_run_dir(run)
+        self.device = resolve_device(run.device)
+        if run.threads > 0:
+            torch.set_num_threads(run.threads)
+        self.metrics = MetricAccumulator()
+        self.best_score: float | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.step = 0
+        self._stop = False
+        self.obs_mean: np.ndarray | None = None
+        self.obs_std: np.ndarray | None = None
+        self.learner: Learner
+        self.eval_env: EnvConfig
+
+    # -- seeding -----------------------------------------------------------------------------------
+    def _seed(self) -> None:
+        seed = self.run.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # -- run directory -----------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> dict[str, Any] | None:
+        """Create/check the run dir; return the latest checkpoint's state if there is one."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        current = config_to_dict(self.run)
+        cfg_path = self.run_dir / "config.json"
+        if cfg_path.exists():
+            check_same_run(json.loads(cfg_path.read_text()), current, self.run_dir)
+        atomic_write_text(cfg_path, json.dumps(current, indent=2) + "\n")
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return None
+        self._say(f"resuming from {ckpt}")
+        return load_checkpoint(ckpt, map_location=self.device)
+
+    def _say(self, msg: str) -> None:
+        if self.announce:
+            print(f"[rlreg] {msg}", flush=True)
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def _base_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "learner": self.learner.full_state_dict(),
+            "rng": capture_rng({"train": self.generator}, self.np_rng),
+            "metrics": self.metrics.state_dict(),
+            "best_score": self.best_score,
+            "last_eval": json.dumps(self.last_eval),
+            "obs_mean": None if self.obs_mean is None else torch.as_tensor(self.obs_mean),
+            "obs_std": None if self.obs_std is None else torch.as_tensor(self.obs_std),
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    def save(self) -> Path:
+        state = self._base_state()
+        state["extra"] = self._extra_state()
+        return save_checkpoint(self.run_dir, self.step, state, keep=self.run.trainer.keep_checkpoints)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.learner.load_full_state_dict(state["learner"])
+        restore_rng(state["rng"], {"train": self.generator}, self.np_rng)
+        self.metrics.load_state_dict(state["metrics"])
+        self.best_score = state["best_score"]
+        self.last_eval = json.loads(state["last_eval"])
+        self._load_extra_state(state["extra"])
+
+    # -- logging and guards ------------------------------------------------------------------------
+    def _flush_metrics(self, logger: RunLogger, extra: dict[str, Any] | None = None) -> None:
+        means, bad = self.metrics.flush()
+        if bad:
+            key, first = min(bad.items(), key=lambda kv: kv[1])
+            self._diverged(f"loss term '{key}' became NaN/inf at step {first}")
+        param = check_finite_parameters(dict(self.learner.named_parameters()))
+        if param is not None:
+            self._diverged(f"parameter '{param}' became NaN/inf by step {self.step}")
+        row = {"step": self.step, "kind": "train", **means, **(extra or {})}
+        logger.log(row)
+
+    def _diverged(self, what: str) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        where = f"the last good checkpoint {ckpt} is intact" if ckpt else "no checkpoint had been written yet"
+        raise NonFiniteError(f"training stopped: {what}; {where}.")
+
+    def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
+        t = self.run.trainer
+        result = evaluate(
+            lambda obs: self.learner.act(obs, deterministic=True),
+            self.eval_env,
+            episodes=t.eval_episodes,
+            seed=self.run.seed + t.eval_seed_offset,
+            device=self.device,
+            obs_mean=self.obs_mean,
+            obs_std=self.obs_std,
+        )
+        ret = result.mean_return
+        score = normalized_score(ret, self.eval_env.ref_min_score, self.eval_env.ref_max_score)
+        row = {
+            "step": self.step,
+            "kind": "eval",
+            "eval/return": ret,
+            "eval/return_std": float(result.returns.std()),
+            "eval/normalized_score": score,
+            "eval/episode_length": float(result.lengths.mean()),
+        }
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score = score
+        row["eval/best_normalized_score"] = self.best_score
+        self.last_eval = row
+        logger.log(row)
+        return row
+
+    # -- stop signals ------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop = True
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+        return previous
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            path = self.save()
+            self._say(f"stop requested: checkpoint written to {path}")
+            raise StopRequested(str(path))
+
+    # -- main --------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) training to ``trainer.total_steps``; return the summary."""
+        self._seed()
+        state = self._prepare_run_dir()
+        self._setup()
+        if state is not None:
+            self._restore(state)
+        logger = RunLogger(
+            self.run_dir,
+            config_to_dict(self.run),
+            wandb_mode=self.run.logging.wandb_mode,
+            project=self.run.logging.project,
+            entity=self.run.logging.entity,
+            group=self.run.logging.group,
+            name=f"{run_name(self.run)}/{self.run.task_name}/seed{self.run.seed}",
+            resume_step=self.step,
+        )
+        previous = self._install_signal_handlers()
+        start = time.time()
+        try:
+            self._train(logger)
+        finally:
+            logger.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        summary = {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(latest_checkpoint(self.run_dir)),
+            "metrics": str(self.run_dir / "metrics.jsonl"),
+            "steps": self.step,
+            "last_return": None if self.last_eval is None else self.last_eval["eval/return"],
+            "last_normalized_score": None if self.last_eval is None else self.last_eval["eval/normalized_score"],
+            "best_normalized_score": self.best_score,
+            "wall_seconds": round(time.time() - start, 1),
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _train(self, logger: RunLogger) -> None:
+        raise NotImplementedError
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)

@@ -1,0 +1,93 @@
+"""Offline trainer: optional regularizer pre-training, then gradient steps on a fixed dataset with
+evaluation every K steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlreg.agents import build_agent
+from rlreg.data.buffers import OfflineBuffer
+from rlreg.data.dataset import make_reward_fn
+from rlreg.data.sources import load_dataset
+from rlreg.envs import env_spaces, normalized_score
+from rlreg.logging import RunLogger
+from rlreg.trainers.common import TrainerBase, progress_bar
+
+
+class OfflineTrainer(TrainerBase):
+    def _setup(self) -> None:
+        dcfg = self.run.dataset
+        assert dcfg is not None
+        self.eval_env = dcfg.env
+        obs_dim, act_dim, max_action, obs_space, act_space = env_spaces(dcfg.env)
+        dataset = load_dataset(dcfg)
+        dataset.validate(
+            observation_shape=obs_space.shape,
+            action_shape=act_space.shape,
+            action_low=act_space.low,
+            action_high=act_space.high,
+        )
+        returns = dataset.episode_returns()
+        self.dataset_score = normalized_score(float(returns.mean()), dcfg.env.ref_min_score, dcfg.env.ref_max_score)
+        self._say(
+            f"dataset {dcfg.name}: {len(dataset)} transitions, {len(returns)} episodes, "
+            f"mean return {returns.mean():.1f}"
+            + ("" if self.dataset_score is None else f" (normalized {self.dataset_score:.1f})")
+        )
+        if dcfg.normalize_states:
+            self.obs_mean, self.obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
+        reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
+        self.buffer = OfflineBuffer(
+            dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std, reward_fn=reward_fn
+        )
+        self.learner = build_agent(self.run.agent, obs_dim, act_dim, max_action, self.device, dataset=dataset)
+        self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"pretrain_done": dict(self.pretrain_done)}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.pretrain_done = {k: int(v) for k, v in state["pretrain_done"].items()}
+
+    def _pretrain(self, logger: RunLogger) -> None:
+        """Pre-training phases of regularizers (e.g. SPOT's VAE), resumable like the main loop."""
+        t = self.run.trainer
+        for reg in self.learner.regularizers:
+            total = reg.pretrain_steps
+            done = self.pretrain_done[reg.name]
+            if done >= total:
+                continue
+            bar = progress_bar(total, done, self.run.logging.progress_bar, f"pretrain {reg.name}")
+            for i in range(done + 1, total + 1):
+                batch = self.buffer.sample(t.batch_size, self.generator)
+                self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
+                self.pretrain_done[reg.name] = i
+                if i % t.log_every == 0 or i == total:
+                    self._flush_metrics(logger, {"pretrain_step": i})
+                if i % t.checkpoint_every == 0 or i == total:
+                    self.save()
+                bar.update(1)
+                self._check_stop()
+            bar.close()
+
+    def _train(self, logger: RunLogger) -> None:
+        t = self.run.trainer
+        self._pretrain(logger)
+        bar = progress_bar(t.total_steps, self.step, self.run.logging.progress_bar, self.run.agent.name)
+        self.learner.train()
+        while self.step < t.total_steps:
+            self.step += 1
+            batch = self.buffer.sample(t.batch_size, self.generator)
+            self.metrics.add(self.learner.update(batch, self.step, self.generator), self.step)
+            if self.step % t.log_every == 0 or self.step == t.total_steps:
+                self._flush_metrics(logger)
+            if self.step % t.eval_every == 0 or self.step == t.total_steps:
+                row = self._evaluate(logger)
+                bar.set_postfix(score=row["eval/normalized_score"], ret=round(row["eval/return"], 1))
+            if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
+                self.save()
+            bar.update(1)
+            self._check_stop()
+        bar.close()

@@ -1,0 +1,107 @@
+"""Online trainer: random warm-up, then one env step followed by ``utd_ratio`` gradient steps.
+
+Bootstrapping stops on termination only, never on truncation (online_mb.md 1.1). Exact resume: every
+episode is reset with a seed derived from (run seed, episode index) and the checkpoint stores the
+actions taken so far in the current episode, so the env is restored by replaying them (MuJoCo is
+deterministic) and the restored observation is checked against the stored one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlreg.agents import build_agent
+from rlreg.data.buffers import ReplayBuffer
+from rlreg.envs import env_spaces, make_env
+from rlreg.logging import RunLogger
+from rlreg.trainers.common import TrainerBase, progress_bar
+
+
+def episode_seed(run_seed: int, episode: int) -> int:
+    return int(np.random.SeedSequence([run_seed, episode]).generate_state(1)[0])
+
+
+class OnlineTrainer(TrainerBase):
+    def _setup(self) -> None:
+        assert self.run.env is not None
+        self.eval_env = self.run.env
+        obs_dim, act_dim, max_action, _, act_space = env_spaces(self.run.env)
+        self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+        self.env = make_env(self.run.env)
+        self.buffer = ReplayBuffer(self.run.trainer.buffer_size, obs_dim, act_dim, device=self.device)
+        self.learner = build_agent(self.run.agent, obs_dim, act_dim, max_action, self.device)
+        self.updates = 0
+        self.episode = 0
+        self.episode_actions: list[np.ndarray] = []
+        self.episode_return = 0.0
+        self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, 0))
+
+    def _extra_state(self) -> dict[str, Any]:
+        actions = np.asarray(self.episode_actions, dtype=np.float32).reshape(-1, self.act_low.shape[0])
+        return {
+            "buffer": self.buffer.state_dict(),
+            "updates": self.updates,
+            "episode": self.episode,
+            "episode_actions": torch.from_numpy(actions),
+            "episode_return": self.episode_return,
+            "obs": torch.from_numpy(np.asarray(self.obs, dtype=np.float64)),
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.updates = int(state["updates"])
+        self.episode = int(state["episode"])
+        self.episode_return = float(state["episode_return"])
+        actions = state["episode_actions"].cpu().numpy()
+        self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
+        for action in actions:
+            self.obs, *_ = self.env.step(action)
+        self.episode_actions = list(actions)
+        expected = state["obs"].cpu().numpy()
+        if not np.array_equal(np.asarray(self.obs, dtype=np.float64), expected):
+            raise RuntimeError(
+                f"{self.run.env.id}: replaying {len(actions)} actions of episode {self.episode} did not restore "
+                "the checkpointed observation; the environment is not deterministic under reset(seed)"
+            )
+
+    def _train(self, logger: RunLogger) -> None:
+        t = self.run.trainer
+        bar = progress_bar(t.total_steps, self.step, self.run.logging.progress_bar, self.run.agent.name)
+        self.learner.train()
+        while self.step < t.total_steps:
+            self.step += 1
+            if self.step <= t.warmup_steps:
+                action = self.np_rng.uniform(self.act_low, self.act_high).astype(np.float32)
+            else:
+                obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
+                action = self.learner.act(obs, deterministic=False, generator=self.generator).cpu().numpy()
+            next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            self.buffer.add(self.obs, action, reward, next_obs, terminated)
+            self.episode_actions.append(action)
+            self.episode_return += float(reward)
+            self.obs = next_obs
+            if terminated or truncated:
+                logger.log({"step": self.step, "kind": "episode", "train/episode_return": self.episode_return,
+                            "train/episode_length": len(self.episode_actions)})
+                self.episode += 1
+                self.episode_actions, self.episode_return = [], 0.0
+                self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
+            if self.step > t.warmup_steps:
+                for _ in range(t.utd_ratio):
+                    self.updates += 1
+                    batch = self.buffer.sample(t.batch_size, self.generator)
+                    self.metrics.add(self.learner.update(batch, self.updates, self.generator), self.step)
+            if self.step % t.log_every == 0 or self.step == t.total_steps:
+                self._flush_metrics(logger, {"updates": self.updates})
+            if self.step % t.eval_every == 0 or self.step == t.total_steps:
+                row = self._evaluate(logger)
+                bar.set_postfix(ret=round(row["eval/return"], 1))
+            if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
+                self.save()
+            bar.update(1)
+            self._check_stop()
+        bar.close()
+        self.env.close()
