@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -113,10 +113,11 @@ class RunLogger:
         group: str | None = None,
         name: str | None = None,
         resume_step: int = 0,
+        drop: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
-        self._truncate(resume_step)
+        self._truncate(resume_step, drop)
         self._file = open(self.path, "a")
         self._wandb = None
         if wandb_mode != "disabled":
@@ -135,8 +136,9 @@ class RunLogger:
                 config=config,
             )
 
-    def _truncate(self, resume_step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    def _truncate(self, resume_step: int, drop: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again), and rows at
+        that step for which ``drop`` is true (an end-of-budget evaluation of a run being extended)."""
         if not self.path.exists():
             return
         keep = []
@@ -145,7 +147,8 @@ class RunLogger:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash
                 continue
-            if row.get("step", 0) <= resume_step:
+            step = row.get("step", 0)
+            if step < resume_step or (step == resume_step and not (drop and drop(row))):
                 keep.append(line)
         from rlreg.checkpoint import atomic_write_text
 

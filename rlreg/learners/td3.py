@@ -98,7 +98,7 @@ class TD3Learner(Learner):
         if step % cfg.policy_freq == 0:
             set_requires_grad(self.critic, False)  # the actor step needs no critic weight gradients
             pi = self.actor(batch.observations)
-            q_pi = self.critic(batch.observations, pi)[0]
+            q_pi = self.critic(batch.observations, pi, members=0)[0]  # Q1 only
             if cfg.q_norm_alpha is not None:
                 lam = cfg.q_norm_alpha / q_pi.abs().mean().detach()
                 actor_q = -lam * q_pi.mean()

@@ -6,8 +6,9 @@ from typing import Any, Callable
 
 from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer, SetupContext
 from rlreg.regularizers.bc import BCConfig, BCRegularizer
+from rlreg.regularizers.edac import EDACConfig, EDACRegularizer
 
-REGULARIZERS: dict[str, Callable[[Any], Regularizer]] = {"bc": BCRegularizer}
+REGULARIZERS: dict[str, Callable[[Any], Regularizer]] = {"bc": BCRegularizer, "edac": EDACRegularizer}
 
 
 def build_regularizer(name: str, config: Any) -> Regularizer:
@@ -21,6 +22,8 @@ __all__ = [
     "ActorContext",
     "BCConfig",
     "BCRegularizer",
+    "EDACConfig",
+    "EDACRegularizer",
     "CriticContext",
     "REGULARIZERS",
     "Regularizer",

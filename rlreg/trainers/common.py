@@ -100,6 +100,7 @@ class TrainerBase:
         self.last_eval: dict[str, Any] | None = None
         self.step = 0
         self._stop = False
+        self._final_eval: tuple[Any, Any] | None = None
         self.obs_mean: np.ndarray | None = None
         self.obs_std: np.ndarray | None = None
         self.learner: Learner
@@ -212,6 +213,32 @@ class TrainerBase:
         logger.log(row)
         return row
 
+    def _after_step(self, logger: RunLogger, bar: Any, extra: dict[str, Any] | None = None) -> None:
+        """Log every ``log_every`` steps, evaluate every ``eval_every``, checkpoint every
+        ``checkpoint_every`` and at the end of the budget. An evaluation at the end of a budget that is
+        off the ``eval_every`` schedule is reported but kept out of the checkpoint (and dropped from the
+        metrics if the run is later extended), so extending a run equals running it uninterrupted."""
+        t = self.run.trainer
+        final = self.step == t.total_steps
+        if self.step % t.log_every == 0 or final:
+            self._flush_metrics(logger, extra)
+        on_schedule = self.step % t.eval_every == 0
+        if on_schedule:
+            self._show(bar, self._evaluate(logger))
+        if self.step % t.checkpoint_every == 0 or final:
+            self.save()
+        if final and not on_schedule:
+            saved = (self.best_score, self.last_eval)
+            self._show(bar, self._evaluate(logger))
+            self._final_eval = (self.best_score, self.last_eval)
+            self.best_score, self.last_eval = saved
+        bar.update(1)
+        self._check_stop()
+
+    def _show(self, bar: Any, row: dict[str, Any]) -> None:
+        score = row["eval/normalized_score"]
+        bar.set_postfix(ret=round(row["eval/return"], 1), **({} if score is None else {"score": round(score, 1)}))
+
     # -- stop signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
@@ -240,6 +267,7 @@ class TrainerBase:
         self._setup()
         if state is not None:
             self._restore(state)
+        eval_every = self.run.trainer.eval_every
         logger = RunLogger(
             self.run_dir,
             config_to_dict(self.run),
@@ -249,6 +277,7 @@ class TrainerBase:
             group=self.run.logging.group,
             name=f"{run_name(self.run)}/{self.run.task_name}/seed{self.run.seed}",
             resume_step=self.step,
+            drop=lambda row: row.get("kind") == "eval" and row["step"] % eval_every != 0,
         )
         previous = self._install_signal_handlers()
         start = time.time()
@@ -258,6 +287,8 @@ class TrainerBase:
             logger.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if getattr(self, "_final_eval", None) is not None:
+            self.best_score, self.last_eval = self._final_eval
         summary = {
             "run_dir": str(self.run_dir),
             "checkpoint": str(latest_checkpoint(self.run_dir)),

@@ -81,13 +81,5 @@ class OfflineTrainer(TrainerBase):
             self.step += 1
             batch = self.buffer.sample(t.batch_size, self.generator)
             self.metrics.add(self.learner.update(batch, self.step, self.generator), self.step)
-            if self.step % t.log_every == 0 or self.step == t.total_steps:
-                self._flush_metrics(logger)
-            if self.step % t.eval_every == 0 or self.step == t.total_steps:
-                row = self._evaluate(logger)
-                bar.set_postfix(score=row["eval/normalized_score"], ret=round(row["eval/return"], 1))
-            if self.step % t.checkpoint_every == 0 or self.step == t.total_steps:
-                self.save()
-            bar.update(1)
-            self._check_stop()
+            self._after_step(logger, bar)
         bar.close()
