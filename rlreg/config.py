@@ -40,6 +40,8 @@ class TD3Config:
     # TD3+BC "Q normalisation": actor Q term scaled by alpha / mean|Q| (None: plain -mean Q).
     q_norm_alpha: float | None = None
     actor_dropout: float = 0.0
+    actor_last_layer_init: float | None = None  # U(-w, w) on the last layer (SPOT AntMaze: 1e-3)
+    critic_last_layer_init: float | None = None  # (SPOT AntMaze: 3e-3)
     exploration_noise: float = 0.1  # online only: Gaussian std on the policy action
 
 

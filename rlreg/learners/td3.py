@@ -36,9 +36,20 @@ class TD3Learner(Learner):
         self.config = config
         self.max_action = max_action
         self.actor = DeterministicActor(
-            obs_dim, act_dim, hidden=config.actor_hidden, max_action=max_action, dropout=config.actor_dropout
+            obs_dim,
+            act_dim,
+            hidden=config.actor_hidden,
+            max_action=max_action,
+            dropout=config.actor_dropout,
+            last_layer_init=config.actor_last_layer_init,
         )
-        self.critic = EnsembleCritic(obs_dim, act_dim, num_members=config.num_critics, hidden=config.critic_hidden)
+        self.critic = EnsembleCritic(
+            obs_dim,
+            act_dim,
+            num_members=config.num_critics,
+            hidden=config.critic_hidden,
+            last_layer_init=config.critic_last_layer_init,
+        )
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         for net in (self.actor_target, self.critic_target):

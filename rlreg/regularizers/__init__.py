@@ -1,14 +1,32 @@
-"""Regularizers: objects that add loss terms to a learner. One file per method."""
+"""Regularizers: objects that add loss terms to a learner. One file per method.
+
+Every module in this package that defines a regularizer registers it with :func:`register`; modules
+are discovered automatically, so adding a method means adding one file (plus its Hydra config in
+``conf/regularizer/``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, Callable
 
+from rlreg.config import register_regularizer_config
 from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer, SetupContext
-from rlreg.regularizers.bc import BCConfig, BCRegularizer
-from rlreg.regularizers.edac import EDACConfig, EDACRegularizer
 
-REGULARIZERS: dict[str, Callable[[Any], Regularizer]] = {"bc": BCRegularizer, "edac": EDACRegularizer}
+REGULARIZERS: dict[str, Callable[[Any], Regularizer]] = {}
+
+
+def register(name: str, config_cls: type) -> Callable[[type[Regularizer]], type[Regularizer]]:
+    """Class decorator: make ``name`` selectable as ``regularizer=[name]`` with config ``config_cls``."""
+
+    def wrap(cls: type[Regularizer]) -> type[Regularizer]:
+        cls.name = name
+        REGULARIZERS[name] = cls
+        register_regularizer_config(name, config_cls)
+        return cls
+
+    return wrap
 
 
 def build_regularizer(name: str, config: Any) -> Regularizer:
@@ -18,15 +36,8 @@ def build_regularizer(name: str, config: Any) -> Regularizer:
     return REGULARIZERS[name](config)
 
 
-__all__ = [
-    "ActorContext",
-    "BCConfig",
-    "BCRegularizer",
-    "EDACConfig",
-    "EDACRegularizer",
-    "CriticContext",
-    "REGULARIZERS",
-    "Regularizer",
-    "SetupContext",
-    "build_regularizer",
-]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["ActorContext", "CriticContext", "REGULARIZERS", "Regularizer", "SetupContext", "build_regularizer", "register"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from rlreg.config import register_regularizer_config
 from rlreg.data.buffers import Batch
+from rlreg.regularizers import register
 from rlreg.regularizers.base import ActorContext, Regularizer
 
 
@@ -22,8 +22,8 @@ class BCConfig:
     weight: float = 1.0
 
 
+@register("bc", BCConfig)
 class BCRegularizer(Regularizer):
-    name = "bc"
 
     def __init__(self, config: BCConfig) -> None:
         super().__init__()
@@ -33,5 +33,3 @@ class BCRegularizer(Regularizer):
         # CORL td3_bc.py: F.mse_loss(pi, action), a mean over batch and action dimensions.
         return {"loss": self.weight * (ctx.actions - batch.actions).pow(2).mean()}
 
-
-register_regularizer_config("bc", BCConfig)

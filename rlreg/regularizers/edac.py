@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlreg.config import register_regularizer_config
 from rlreg.data.buffers import Batch
+from rlreg.regularizers import register
 from rlreg.regularizers.base import CriticContext, Regularizer, SetupContext
 
 
@@ -42,8 +42,8 @@ def diversity_loss(critic: torch.nn.Module, obs: Tensor, actions: Tensor) -> Ten
     return pairwise.mean() / (num - 1)
 
 
+@register("edac", EDACConfig)
 class EDACRegularizer(Regularizer):
-    name = "edac"
 
     def __init__(self, config: EDACConfig) -> None:
         super().__init__()
@@ -56,5 +56,3 @@ class EDACRegularizer(Regularizer):
     def critic_terms(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:
         return {"diversity": self.eta * diversity_loss(self.critic, batch.observations, batch.actions)}
 
-
-register_regularizer_config("edac", EDACConfig)
