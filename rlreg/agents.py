@@ -20,6 +20,7 @@ def build_agent(
     max_action: float,
     device: torch.device,
     dataset: Any = None,
+    buffer: Any = None,
 ) -> Learner:
     """Instantiate the learner, bind each regularizer (in config order) and move everything to ``device``."""
     regularizers = [build_regularizer(name, cfg) for name, cfg in config.regularizers.items()]
@@ -32,7 +33,7 @@ def build_agent(
     else:  # pragma: no cover - config validation rejects unknown learners first
         raise TypeError(f"no learner for config {type(lc).__name__}")
     learner.to(device)
-    ctx = SetupContext(obs_dim=obs_dim, act_dim=act_dim, max_action=max_action, device=device, dataset=dataset)
+    ctx = SetupContext(obs_dim=obs_dim, act_dim=act_dim, max_action=max_action, device=device, dataset=dataset, buffer=buffer)
     for reg in regularizers:
         reg.bind(learner, ctx)
         reg.modules.to(device)

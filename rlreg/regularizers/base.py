@@ -54,7 +54,8 @@ class SetupContext:
     act_dim: int
     max_action: float
     device: torch.device
-    dataset: Any = None  # the TransitionDataset of an offline run (normalised as the buffer is)
+    dataset: Any = None  # the raw TransitionDataset of an offline run (as loaded, not normalised)
+    buffer: Any = None  # the OfflineBuffer of an offline run: device tensors, states normalised as trained on
 
 
 class Regularizer:

@@ -42,7 +42,9 @@ class OfflineTrainer(TrainerBase):
         self.buffer = OfflineBuffer(
             dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std, reward_fn=reward_fn
         )
-        self.learner = build_agent(self.run.agent, obs_dim, act_dim, max_action, self.device, dataset=dataset)
+        self.learner = build_agent(
+            self.run.agent, obs_dim, act_dim, max_action, self.device, dataset=dataset, buffer=self.buffer
+        )
         self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
 
     def _extra_state(self) -> dict[str, Any]:
