@@ -29,14 +29,10 @@ from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import OfflineBuffer  # noqa: E402
 from rlreg.data.dataset import TransitionDataset  # noqa: E402
 
-# agent name -> extra overrides (SAC-N at N=10 as in the official-speed table)
-AGENTS: dict[str, list[str]] = {
-    "td3bc": [],
-    "sacn": ["agent.num_critics=10"],
-    "edac": ["agent.num_critics=10"],
-    "sac": [],
-    "td3": [],
-}
+# every agent config in conf/agent; extra overrides per agent (SAC-N/EDAC at N=10 as in the
+# official-speed table)
+AGENTS: list[str] = sorted(p.stem for p in (ROOT / "conf" / "agent").glob("*.yaml"))
+OVERRIDES: dict[str, list[str]] = {"sacn": ["agent.num_critics=10"], "edac": ["agent.num_critics=10"]}
 
 
 def synthetic_dataset(rows: int, obs_dim: int = 17, act_dim: int = 6, seed: int = 0) -> TransitionDataset:
@@ -72,9 +68,9 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0) -> float:
 def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float) -> dict[str, float]:
     from conftest import compose
 
-    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *AGENTS[agent]]))
-    learner = build_agent(run.agent, 17, 6, 1.0, device, dataset=data)
+    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
     buffer = OfflineBuffer(data, device=device)
+    learner = build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i: int) -> None:
