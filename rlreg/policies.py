@@ -104,6 +104,8 @@ def collect_episodes(
             actions = actions + action_noise * rng.standard_normal(actions.shape)
         actions = np.clip(actions, low, high).astype(np.float32)
         for i, ep in enumerate(running):
+            if total >= num_transitions:
+                break
             next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
             ep["observations"].append(next_obs)
             ep["actions"].append(actions[i])
@@ -111,14 +113,14 @@ def collect_episodes(
             ep["terminations"].append(terminated)
             ep["truncations"].append(truncated)
             total += 1
-            last = total >= num_transitions
-            if terminated or truncated or last:
-                if last and not (terminated or truncated):
-                    ep["truncations"][-1] = True
+            if terminated or truncated:
                 episodes.append({k: np.asarray(v) for k, v in ep.items()})
                 running[i] = reset(i)
-            if last:
-                break
+    # the budget is reached: keep the unfinished episodes, cut by truncation (bootstrap through them)
+    for ep in running:
+        if ep["actions"]:
+            ep["truncations"][-1] = True
+            episodes.append({k: np.asarray(v) for k, v in ep.items()})
     for env in envs:
         env.close()
     return episodes
