@@ -310,6 +310,17 @@ class TrainerBase:
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
+    import sys
+
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5 if interactive else 30.0,  # logs (SLURM, CI) get a line every 30 s
+    )
