@@ -170,3 +170,20 @@ class RunLogger:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
+    import sys
+
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5 if interactive else 30.0,  # logs (SLURM, CI) get a line every 30 s
+    )

@@ -18,6 +18,7 @@ import torch
 from rlreg.checkpoint import atomic_torch_save, atomic_write_text
 from rlreg.config import EnvConfig
 from rlreg.envs import make_env
+from rlreg.logging import progress_bar
 from rlreg.nets import DeterministicActor, TanhGaussianActor
 
 ASSETS = Path(__file__).parent / "assets"
@@ -79,6 +80,7 @@ def collect_episodes(
     seed: int,
     action_noise: float = 0.0,
     num_envs: int = 8,
+    progress: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Roll out ``policy`` (plus Gaussian ``action_noise``, clipped to the bounds) in ``num_envs`` envs
     stepped together with one batched policy call, until ``num_transitions`` transitions; whole
@@ -97,7 +99,10 @@ def collect_episodes(
     running = [reset(i) for i in range(num_envs)]
     episodes: list[dict[str, np.ndarray]] = []
     total = 0
+    bar = progress_bar(num_transitions, 0, progress, f"collect {env_config.id}")
     while total < num_transitions:
+        bar.n = total
+        bar.refresh()
         obs = torch.as_tensor(np.stack([ep["observations"][-1] for ep in running]), dtype=torch.float32)
         actions = policy(obs).numpy()
         if action_noise > 0:
@@ -116,6 +121,8 @@ def collect_episodes(
             if terminated or truncated:
                 episodes.append({k: np.asarray(v) for k, v in ep.items()})
                 running[i] = reset(i)
+    bar.n = total
+    bar.close()
     # the budget is reached: keep the unfinished episodes, cut by truncation (bootstrap through them)
     for ep in running:
         if ep["actions"]:

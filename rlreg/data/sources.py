@@ -54,8 +54,11 @@ def load_embedded(config: DatasetConfig) -> TransitionDataset:
     actor, meta = load_policy(config.policy)
     path = embedded_path(config, meta["sha256"])
     if not path.exists():
+        print(f"[rlreg] collecting {config.name}: {config.num_transitions} transitions in {config.env.id} with "
+              f"policy {config.policy} (once; cached at {path})", flush=True)
         episodes = collect_episodes(
-            policy_fn(actor), config.env, config.num_transitions, config.collect_seed, config.action_noise
+            policy_fn(actor), config.env, config.num_transitions, config.collect_seed, config.action_noise,
+            progress=True,
         )
         data = TransitionDataset.from_episodes(episodes, source=str(path))
         write_d4rl_hdf5(

@@ -7,13 +7,15 @@ device and syncs every K steps.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from rlreg.data.buffers import Batch
-from rlreg.regularizers.base import Regularizer
+
+if TYPE_CHECKING:  # regularizers import learner helpers; keep this module free of that cycle
+    from rlreg.regularizers.base import Regularizer
 
 
 def adam(params: Any, lr: float) -> torch.optim.Adam:
@@ -41,9 +43,9 @@ def add_terms(metrics: dict[str, Tensor], prefix: str, terms: dict[str, Tensor])
 class Learner(nn.Module):
     """Base class: networks are submodules; optimizers, regularizers and counters are checkpointed."""
 
-    def __init__(self, regularizers: Sequence[Regularizer] = ()) -> None:
+    def __init__(self, regularizers: Sequence["Regularizer"] = ()) -> None:
         super().__init__()
-        self.regularizers: list[Regularizer] = list(regularizers)
+        self.regularizers: list["Regularizer"] = list(regularizers)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
     # -- acting ------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ from rlreg.trainers.online import OnlineTrainer
 
 
 def make_trainer(run: RunConfig, announce: bool = True) -> TrainerBase:
+    if run.trainer.mode == "finetune":
+        from rlreg.trainers.finetune import FinetuneTrainer
+
+        return FinetuneTrainer(run, announce=announce)
     return (OfflineTrainer if run.trainer.mode == "offline" else OnlineTrainer)(run, announce=announce)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import signal
 import time
@@ -83,6 +84,13 @@ def config_to_dict(run: RunConfig) -> dict[str, Any]:
 
 class StopRequested(Exception):
     """Raised after a checkpoint was written because the process was asked to stop (SIGTERM/SIGUSR1)."""
+
+
+def _stop_signals() -> tuple[int, ...]:
+    """SIGTERM, SIGUSR1 and the signal submitit sends before a time limit or on preemption."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    extra = getattr(signal, "SIG" + name, signal.SIGUSR2)
+    return tuple(dict.fromkeys((signal.SIGTERM, signal.SIGUSR1, extra)))
 
 
 class TrainerBase:
@@ -241,23 +249,42 @@ class TrainerBase:
 
     # -- stop signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
+        """Catch SIGTERM, SIGUSR1 and the submitit preemption signal (SIGUSR2 unless
+        ``SUBMITIT_PREEMPT_SIGNAL`` names another): each only sets a flag, acted on at the next step
+        boundary by :meth:`_check_stop`."""
         previous: dict[int, Any] = {}
+        self._stop_signals: list[int] = []
 
         def handler(signum: int, frame: Any) -> None:
             self._stop = True
+            if signum not in self._stop_signals:
+                self._stop_signals.append(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in _stop_signals():
             try:
                 previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not in the main thread
                 pass
+        self._previous_handlers = previous
         return previous
 
     def _check_stop(self) -> None:
+        """At a step boundary after a stop signal: write a checkpoint, then hand each signal that had a
+        Python handler before ours to that handler (under submitit: requeue the job and exit; if the
+        handler returns, e.g. submitit ignoring SIGTERM, training goes on); any other signal stops
+        training with :class:`StopRequested`."""
         if self._stop:
+            self._stop = False
+            received, self._stop_signals = getattr(self, "_stop_signals", []), []
             path = self.save()
-            self._say(f"stop requested: checkpoint written to {path}")
-            raise StopRequested(str(path))
+            previous = getattr(self, "_previous_handlers", {})
+            delegated = [sig for sig in received if callable(previous.get(sig))]
+            for sig in delegated:
+                self._say(f"{signal.Signals(sig).name}: checkpoint written to {path}; passing the signal on")
+                previous[sig](sig, None)
+            if len(delegated) < len(received) or not received:
+                self._say(f"stop requested: checkpoint written to {path}")
+                raise StopRequested(str(path))
 
     # -- main --------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -307,20 +334,3 @@ class TrainerBase:
 
     def _train(self, logger: RunLogger) -> None:
         raise NotImplementedError
-
-
-def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
-    import sys
-
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.5 if interactive else 30.0,  # logs (SLURM, CI) get a line every 30 s
-    )

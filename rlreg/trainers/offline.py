@@ -12,8 +12,8 @@ from rlreg.data.buffers import OfflineBuffer
 from rlreg.data.dataset import make_reward_fn
 from rlreg.data.sources import load_dataset
 from rlreg.envs import env_spaces, normalized_score
-from rlreg.logging import RunLogger
-from rlreg.trainers.common import TrainerBase, progress_bar
+from rlreg.logging import RunLogger, progress_bar
+from rlreg.trainers.common import TrainerBase
 
 
 class OfflineTrainer(TrainerBase):

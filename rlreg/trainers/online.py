@@ -4,6 +4,11 @@ Bootstrapping stops on termination only, never on truncation (online_mb.md 1.1).
 episode is reset with a seed derived from (run seed, episode index) and the checkpoint stores the
 actions taken so far in the current episode, so the env is restored by replaying them (MuJoCo is
 deterministic) and the restored observation is checked against the stored one.
+
+Regularizers with a pre-training phase (DemoReg-SAC's behaviour cloning, online_mb.md 5.3) are pre-trained
+before the first env step, resumably, as in the offline trainer; in an online run the data comes from the
+regularizer itself (``reg.pretrain_batch(batch_size, generator)``). ``trainer.warmup_policy=agent`` makes the
+warm-up act with the agent's own stochastic policy instead of uniform actions (still no updates).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import numpy as np
 import torch
 
 from rlreg.agents import build_agent
+from rlreg.config import ConfigError
 from rlreg.data.buffers import ReplayBuffer
 from rlreg.envs import env_spaces, make_env
-from rlreg.logging import RunLogger
-from rlreg.trainers.common import TrainerBase, progress_bar
+from rlreg.logging import RunLogger, progress_bar
+from rlreg.trainers.common import TrainerBase
 
 
 def episode_seed(run_seed: int, episode: int) -> int:
@@ -38,6 +44,7 @@ class OnlineTrainer(TrainerBase):
         self.episode_actions: list[np.ndarray] = []
         self.episode_return = 0.0
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, 0))
+        self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
 
     def _extra_state(self) -> dict[str, Any]:
         actions = np.asarray(self.episode_actions, dtype=np.float32).reshape(-1, self.act_low.shape[0])
@@ -48,6 +55,7 @@ class OnlineTrainer(TrainerBase):
             "episode_actions": torch.from_numpy(actions),
             "episode_return": self.episode_return,
             "obs": torch.from_numpy(np.asarray(self.obs, dtype=np.float64)),
+            "pretrain_done": dict(self.pretrain_done),
         }
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -55,6 +63,7 @@ class OnlineTrainer(TrainerBase):
         self.updates = int(state["updates"])
         self.episode = int(state["episode"])
         self.episode_return = float(state["episode_return"])
+        self.pretrain_done.update({k: int(v) for k, v in state.get("pretrain_done", {}).items()})
         actions = state["episode_actions"].cpu().numpy()
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
         for action in actions:
@@ -67,13 +76,38 @@ class OnlineTrainer(TrainerBase):
                 "the checkpointed observation; the environment is not deterministic under reset(seed)"
             )
 
+    def _pretrain(self, logger: RunLogger) -> None:
+        """Pre-training phases of regularizers, resumable; mirrors ``OfflineTrainer._pretrain``."""
+        t = self.run.trainer
+        for reg in self.learner.regularizers:
+            total = reg.pretrain_steps
+            done = self.pretrain_done[reg.name]
+            if done >= total:
+                continue
+            if not hasattr(reg, "pretrain_batch"):
+                raise ConfigError(f"regularizer {reg.name} needs pre-training data, which an online run does not "
+                                  "have (it must provide pretrain_batch)")
+            bar = progress_bar(total, done, self.run.logging.progress_bar, f"pretrain {reg.name}")
+            for i in range(done + 1, total + 1):
+                batch = reg.pretrain_batch(t.batch_size, self.generator)
+                self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
+                self.pretrain_done[reg.name] = i
+                if i % t.log_every == 0 or i == total:
+                    self._flush_metrics(logger, {"pretrain_step": i})
+                if i % t.checkpoint_every == 0 or i == total:
+                    self.save()
+                bar.update(1)
+                self._check_stop()
+            bar.close()
+
     def _train(self, logger: RunLogger) -> None:
         t = self.run.trainer
+        self._pretrain(logger)
         bar = progress_bar(t.total_steps, self.step, self.run.logging.progress_bar, self.run.agent.name)
         self.learner.train()
         while self.step < t.total_steps:
             self.step += 1
-            if self.step <= t.warmup_steps:
+            if self.step <= t.warmup_steps and t.warmup_policy == "uniform":
                 action = self.np_rng.uniform(self.act_low, self.act_high).astype(np.float32)
             else:
                 obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
