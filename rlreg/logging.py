@@ -158,14 +158,27 @@ class RunLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._wandb is not None:
-            step = row["step"]
-            self._wandb.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
+            try:
+                self._wandb.log(
+                    {k: v for k, v in row.items() if k not in ("step", "kind") and v is not None}, step=row["step"]
+                )
+            except Exception as err:  # wandb's service died (e.g. SIGTERM to the job): keep training
+                self._wandb_failed(err)
 
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:
-            self._wandb.finish()
+            try:
+                self._wandb.finish()
+            except Exception as err:
+                self._wandb_failed(err)
             self._wandb = None
+
+    def _wandb_failed(self, err: Exception) -> None:
+        import warnings
+
+        warnings.warn(f"wandb stopped working ({err!r}); metrics continue in {self.path}", stacklevel=3)
+        self._wandb = None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -45,14 +45,24 @@ def report(summary: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from rlreg.trainers import train
+    from rlreg.trainers import StopRequested, train
 
     try:
         run = run_from_hydra(cfg)
     except ConfigError as err:
         print(f"[rlreg] configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    summary = train(run)
+    try:
+        summary = train(run)
+    except StopRequested as stop:
+        # The checkpoint is written and the logs (wandb) are closed. Under submitit the stop signal's previous
+        # handler requeues this job and exits; the requeued job resumes from that checkpoint. wandb's service
+        # process is stopped first: SLURM sends SIGTERM to every process of a job it requeues.
+        if stop.handler is not None and "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()
+        stop.hand_over()
+        stop.handler = None  # the exception may be pickled (submitit returns it); the handler need not be
+        raise
     report(summary)
     return summary["last_normalized_score"]
 

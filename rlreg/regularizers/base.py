@@ -5,7 +5,8 @@ A learner calls every regularizer of the agent, in config order, at fixed points
 * ``critic_terms(batch, ctx)``: extra critic loss terms (added to the TD loss before the critic step);
 * ``after_critic_step(batch, ctx)``: the regularizer's own optimisation (e.g. A2PR's value net and VAE);
 * ``actor_terms(batch, ctx)``: extra actor loss terms (added to the policy objective);
-* ``after_update(step)``: schedules (e.g. RORL's decaying lambda).
+* ``after_update(step)``: schedules (e.g. RORL's decaying lambda);
+* ``start_finetune()``: once, when online fine-tuning from an offline checkpoint begins (``trainer=finetune``).
 
 A regularizer may own networks (``self.modules``) and optimizers (``self.optimizers``), a pre-training
 phase (``pretrain_steps`` and ``pretrain_step``), checkpointed state (``state_dict``) and metrics: every
@@ -33,6 +34,10 @@ class CriticContext:
     q: Tensor  # (E, B) online Q_i(s, a)
     target: Tensor  # (B,) TD target y (no gradient)
     step: int
+    next_action: Tensor | None = None  # (B, A) the next action a' the TD target used (TD3: smoothed target action)
+    # learner-specific tensors, e.g. TD3 with ``critic_features`` on: ``features`` phi(s, a) (E, B, H) with
+    # gradient and ``next_target_features`` phi'(s', a') (E, B, H) of the target critic (BEER, online_mb.md 3.4)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +97,11 @@ class Regularizer:
         return {}
 
     def after_update(self, step: int) -> None:
+        return None
+
+    def start_finetune(self) -> None:
+        """Called once by the fine-tuning trainer when online fine-tuning from an offline checkpoint
+        begins (e.g. SPOT switches to its annealed lambda, offline.md 5.6)."""
         return None
 
     # -- checkpointing ---------------------------------------------------------------------------

@@ -83,7 +83,22 @@ def config_to_dict(run: RunConfig) -> dict[str, Any]:
 
 
 class StopRequested(Exception):
-    """Raised after a checkpoint was written because the process was asked to stop (SIGTERM/SIGUSR1)."""
+    """Raised after a checkpoint was written because the process was asked to stop (SIGTERM, SIGUSR1 or
+    the submitit signal SIGUSR2).
+
+    ``handler`` is the Python handler that the signal ``signum`` had before the trainer's (submitit's, which
+    requeues the job); :meth:`hand_over` calls it, once the trainer has closed its logs (rlreg.train does)."""
+
+    def __init__(self, checkpoint: str, signum: int | None = None, handler: Any = None) -> None:
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
+        self.signum = signum
+        self.handler = handler
+
+    def hand_over(self) -> None:
+        """Pass the signal on to the previous handler, if it had one (submitit: requeue and exit)."""
+        if self.signum is not None and callable(self.handler):
+            self.handler(self.signum, None)
 
 
 def _stop_signals() -> tuple[int, ...]:
@@ -269,22 +284,29 @@ class TrainerBase:
         return previous
 
     def _check_stop(self) -> None:
-        """At a step boundary after a stop signal: write a checkpoint, then hand each signal that had a
-        Python handler before ours to that handler (under submitit: requeue the job and exit; if the
-        handler returns, e.g. submitit ignoring SIGTERM, training goes on); any other signal stops
-        training with :class:`StopRequested`."""
-        if self._stop:
-            self._stop = False
-            received, self._stop_signals = getattr(self, "_stop_signals", []), []
-            path = self.save()
-            previous = getattr(self, "_previous_handlers", {})
-            delegated = [sig for sig in received if callable(previous.get(sig))]
-            for sig in delegated:
-                self._say(f"{signal.Signals(sig).name}: checkpoint written to {path}; passing the signal on")
+        """At a step boundary after a stop signal, write a checkpoint. SIGTERM with a Python handler installed
+        before ours (submitit ignores it: SLURM sends it before it kills or requeues a job) is passed to that
+        handler and training goes on. Any other signal stops training with :class:`StopRequested`, which
+        carries the signal's previous handler so that it can be called once the logs are closed."""
+        if not self._stop:
+            return
+        self._stop = False
+        received, self._stop_signals = getattr(self, "_stop_signals", []), []
+        path = self.save()
+        previous = getattr(self, "_previous_handlers", {})
+        stopping = []
+        for sig in received:
+            if sig == signal.SIGTERM and callable(previous.get(sig)):
+                self._say(f"SIGTERM: checkpoint written to {path}")
                 previous[sig](sig, None)
-            if len(delegated) < len(received) or not received:
-                self._say(f"stop requested: checkpoint written to {path}")
-                raise StopRequested(str(path))
+            else:
+                stopping.append(sig)
+        if stopping or not received:
+            sig = next((s for s in stopping if callable(previous.get(s))), stopping[0] if stopping else None)
+            name = "" if sig is None else f" ({signal.Signals(sig).name})"
+            self._say(f"stop requested{name}: checkpoint written to {path}")
+            handler = previous.get(sig) if sig is not None and callable(previous.get(sig)) else None
+            raise StopRequested(str(path), sig, handler)
 
     # -- main --------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:

@@ -14,7 +14,8 @@ same agent, dataset, seed and tag (or ``trainer.init_from``) in the dataset's ev
 
 Observations are normalised with the offline dataset's statistics, which stay fixed (an env wrapper, so the
 buffer, the actor and the evaluation see the same inputs); online rewards go through the dataset's reward
-transform. Deviation: the official script only supports un-normalised states (it asserts so for
+transform (so ``train/episode_return`` is in transformed units; evaluation uses the raw env). Deviation: the
+official script only supports un-normalised states (it asserts so for
 locomotion; its AntMaze configs turn normalisation off); fixed dataset statistics are the natural extension.
 Checkpoints store only the online rows of the buffer: the pre-filled rows are rebuilt from the dataset.
 """
@@ -43,8 +44,10 @@ _ROWS = ("observations", "actions", "rewards", "next_observations", "not_done")
 
 
 def offline_run_dir(run: RunConfig) -> Path:
-    """The run directory of the offline run this fine-tuning run starts from (same agent/dataset/seed/tag)."""
-    return derive_run_dir(dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, mode="offline")))
+    """The derived run directory of the offline run this fine-tuning run starts from (same agent, dataset, seed,
+    tag and run_root; an explicit ``run_dir`` of the fine-tuning run does not move it)."""
+    offline = dataclasses.replace(run.trainer, mode="offline")
+    return derive_run_dir(dataclasses.replace(run, trainer=offline, run_dir=None))
 
 
 class FinetuneTrainer(OnlineTrainer):
@@ -87,6 +90,8 @@ class FinetuneTrainer(OnlineTrainer):
         self.episode_actions: list[np.ndarray] = []
         self.episode_return = 0.0
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, 0))
+        # pre-training phases (SPOT's VAE) belong to the offline run; _load_offline checks they finished there
+        self.pretrain_done = {reg.name: reg.pretrain_steps for reg in self.learner.regularizers}
         if latest_checkpoint(self.run_dir) is None:  # a fresh fine-tuning run; otherwise _restore follows
             self._load_offline()
 
