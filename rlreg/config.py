@@ -43,6 +43,8 @@ class TD3Config:
     actor_last_layer_init: float | None = None  # U(-w, w) on the last layer (SPOT AntMaze: 1e-3)
     critic_last_layer_init: float | None = None  # (SPOT AntMaze: 3e-3)
     exploration_noise: float = 0.1  # online only: Gaussian std on the policy action
+    # BEER (online_mb.md 3.8 pitfall 3): the derivation assumes Q = w^T phi; false drops the head bias.
+    critic_head_bias: bool = True
 
 
 @dataclass
@@ -61,13 +63,16 @@ class SACConfig:
     learn_alpha: bool = True
     target_entropy: float | None = None  # None: -|A|
     log_std_bounds: tuple[float, float] = (-5.0, 2.0)
-    init: str = "pytorch"  # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads)
+    init: str = "pytorch"  # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": D-REDQ/DroQ
     critic_layer_norm: bool = False
     critic_dropout: float = 0.0
     actor_q_reduce: str = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
     # "sequential": alpha, actor, critic losses each after the previous step (CORL SAC-N/EDAC);
     # "simultaneous": all losses from the parameters at the start of the step (RORL).
     update_order: str = "sequential"
+    # Actor and temperature are updated on every policy_freq-th update only; the critic and its target on
+    # every update. DroQ (online_mb.md 2.3): policy_freq = utd_ratio = 20, one actor update per env step.
+    policy_freq: int = 1
 
 
 LEARNER_CONFIGS: dict[str, type] = {"td3": TD3Config, "sac": SACConfig}
@@ -129,7 +134,7 @@ class DatasetConfig:
 
 @dataclass
 class TrainerConfig:
-    mode: str = "offline"  # offline | online
+    mode: str = "offline"  # offline | online | finetune (online fine-tuning from an offline checkpoint)
     total_steps: int = 1_000_000  # gradient steps (offline) or env steps (online)
     batch_size: int = 256
     eval_every: int = 5000
@@ -140,8 +145,14 @@ class TrainerConfig:
     keep_checkpoints: int = 3
     # online only
     warmup_steps: int = 5000
+    # "uniform": uniform random actions during warm-up; "agent": the agent's own stochastic policy (e.g.
+    # DemoReg-SAC acting with the behaviour-cloned prior, online_mb.md 5.3). No updates either way.
+    warmup_policy: str = "uniform"
     utd_ratio: int = 1
     buffer_size: int = 1_000_000
+    # finetune only: the offline run directory (or checkpoint file) to start from; None: the offline run of the
+    # same agent, dataset, seed and tag under run_root
+    init_from: str | None = None
 
 
 @dataclass
@@ -172,6 +183,9 @@ class RunConfig:
         if self.trainer.mode == "offline":
             assert self.dataset is not None
             return self.dataset.name
+        if self.trainer.mode == "finetune":
+            assert self.dataset is not None
+            return f"{self.dataset.name}-finetune"
         assert self.env is not None
         return self.env.id
 
@@ -307,10 +321,12 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
 def validate(run: RunConfig) -> None:
     """Cross-option checks, each naming the options involved."""
     t = run.trainer
-    _choice(t.mode, ("offline", "online"), "trainer.mode")
+    _choice(t.mode, ("offline", "online", "finetune"), "trainer.mode")
     _choice(run.logging.wandb_mode, ("offline", "online", "disabled"), "logging.wandb_mode")
     if t.mode == "offline" and run.dataset is None:
         raise ConfigError("trainer.mode=offline needs a dataset: add dataset=<name> (see conf/dataset/)")
+    if t.mode == "finetune" and run.dataset is None:
+        raise ConfigError("trainer.mode=finetune needs the dataset of the offline run: add dataset=<name>")
     if t.mode == "online" and run.env is None:
         raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
     for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio"):
@@ -329,6 +345,9 @@ def validate(run: RunConfig) -> None:
     if isinstance(lc, SACConfig):
         _choice(lc.actor_q_reduce, ("min", "mean"), "agent.actor_q_reduce")
         _choice(lc.update_order, ("sequential", "simultaneous"), "agent.update_order")
-        _choice(lc.init, ("pytorch", "sacn"), "agent.init")
+        _choice(lc.init, ("pytorch", "sacn", "xavier"), "agent.init")
+        if lc.policy_freq < 1:
+            raise ConfigError(f"agent.policy_freq must be >= 1, got {lc.policy_freq}")
+    _choice(t.warmup_policy, ("uniform", "agent"), "trainer.warmup_policy")
     if lc.num_critics < 1:
         raise ConfigError("agent.num_critics must be >= 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,15 +13,54 @@ import torch
 from rlreg.config import EnvConfig
 
 
-def make_env(config: EnvConfig) -> gym.Env:
-    """Create the Gymnasium env of ``config`` (``dm_control/...`` ids register through shimmy)."""
-    if config.id.startswith("dm_control/"):
-        import shimmy  # noqa: F401  (registers dm_control ids)
+def _mujoco_compat_for_dm_control() -> None:
+    """dm_control's named indexing lists every array field of ``MjModel``/``MjData`` of the MuJoCo release
+    it was generated for (``mjbindings/sizes.py``); fields a newer MuJoCo dropped (dm_control 1.0.50 with
+    MuJoCo 4.0: the ``flex_vertedge*``/``flexvert_*`` arrays of deformable bodies, which no Control Suite
+    task has) would make every ``suite.load`` fail. Drop the listed fields that this MuJoCo lacks; nothing
+    else changes (physics is stepped by the ``mujoco`` bindings themselves)."""
+    import mujoco
+    from dm_control.mujoco.wrapper.mjbindings import sizes
 
-        env = gym.make(config.id, **config.kwargs)
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody/></mujoco>")
+    for struct_name, struct in (("mjmodel", model), ("mjdata", mujoco.MjData(model))):
+        fields = sizes.array_sizes.get(struct_name, {})
+        for name in [f for f in fields if not hasattr(struct, f)]:
+            del fields[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _register_dm_control() -> None:
+    """Import shimmy (registers ``dm_control/<domain>-<task>-v0``) with a clear error if the ``dmc`` extra
+    is missing; rendering is never used, so the GLFW "no DISPLAY" warning is silenced."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*DISPLAY.*")
+            import dm_control.suite  # noqa: F401
+            import shimmy  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"DeepMind Control envs need the 'dmc' extra: pip install 'rlreg[dmc]' ({err})"
+        ) from None
+    _mujoco_compat_for_dm_control()
+
+
+def make_env(config: EnvConfig) -> gym.Env:
+    """Create the Gymnasium env of ``config``. ``dm_control/<domain>-<task>-v0`` ids (DeepMind Control via
+    shimmy, online_mb.md 1.3) get flattened float32 observations; their time limit (1000 steps) ends an
+    episode as a truncation, never a termination."""
+    if config.id.startswith("dm_control/"):
+        _register_dm_control()
+        kwargs = dict(config.kwargs)
+        if config.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = config.max_episode_steps
+        env = gym.make(config.id, **kwargs)
         env = gym.wrappers.FlattenObservation(env)
+        space = env.observation_space
         return gym.wrappers.TransformObservation(
-            env, lambda o: o.astype(np.float32), env.observation_space
+            env, lambda o: o.astype(np.float32), gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32)
         )
     kwargs = dict(config.kwargs)
     if config.max_episode_steps is not None:

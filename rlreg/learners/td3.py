@@ -19,7 +19,7 @@ from torch import Tensor
 from rlreg.config import TD3Config
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import Learner, adam, set_requires_grad
-from rlreg.nets import DeterministicActor, EnsembleCritic, polyak_update_
+from rlreg.nets import DeterministicActor, EnsembleCritic, EnsembleLinear, polyak_update_
 from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer
 
 
@@ -50,6 +50,15 @@ class TD3Learner(Learner):
             hidden=config.critic_hidden,
             last_layer_init=config.critic_last_layer_init,
         )
+        if not config.critic_head_bias:  # Q = w^T phi exactly (BEER's derivation, online_mb.md 3.8 pitfall 3)
+            head = self.critic.net.linears[-1]
+            no_bias = EnsembleLinear(head.num_members, head.in_features, head.out_features, bias=False)
+            with torch.no_grad():
+                no_bias.weight.copy_(head.weight)
+            self.critic.net.linears[-1] = no_bias
+        # A regularizer that needs the critic's representation (BEER) sets this in ``bind``: the critic
+        # step then also returns phi(s, a) and the target phi'(s', a') in ``CriticContext.extras``.
+        self.critic_features = False
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         for net in (self.actor_target, self.critic_target):
@@ -87,13 +96,23 @@ class TD3Learner(Learner):
                     -cfg.noise_clip * self.max_action, cfg.noise_clip * self.max_action
                 )
                 next_action = (next_action + noise).clamp(-self.max_action, self.max_action)
-            target_q = self.critic_target(batch.next_observations, next_action).min(dim=0).values
+            extras: dict[str, Tensor] = {}
+            if self.critic_features:
+                next_q, extras["next_target_features"] = self.critic_target.q_and_features(
+                    batch.next_observations, next_action
+                )
+            else:
+                next_q = self.critic_target(batch.next_observations, next_action)
+            target_q = next_q.min(dim=0).values
             target = batch.rewards + cfg.gamma * batch.not_done * target_q
-        q = self.critic(batch.observations, batch.actions)  # (E, B)
+        if self.critic_features:
+            q, extras["features"] = self.critic.q_and_features(batch.observations, batch.actions)
+        else:
+            q = self.critic(batch.observations, batch.actions)  # (E, B)
         critic_loss = (q - target).pow(2).mean(dim=1).sum()
         metrics["critic/loss"] = critic_loss.detach()
         metrics["critic/q_mean"] = q.detach().mean()
-        ctx = CriticContext(q=q, target=target, step=step)
+        ctx = CriticContext(q=q, target=target, step=step, next_action=next_action, extras=extras)
         extra = self._regularizer_terms(metrics, "critic_terms", batch, ctx)
         total = critic_loss if extra is None else critic_loss + extra
         opt = self.optimizers["critic"]
