@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -83,6 +84,19 @@ def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.
     return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), high, obs_space, act_space
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run small-batch inference (acting, evaluation, data collection) on one torch thread: splitting a
+    batch of a few observations over threads costs more than it saves, and stalls badly when another
+    process holds a core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def normalized_score(ret: float, ref_min: float | None, ref_max: float | None) -> float | None:
     """D4RL's normalised score x 100: 100 * (R - min) / (max - min); None without references."""
     if ref_min is None or ref_max is None:
@@ -111,6 +125,19 @@ def evaluate(
 ) -> EvalResult:
     """Run ``episodes`` episodes in parallel envs (env i reset with ``seed + i``), one batched policy
     call per step over the still-running episodes. ``policy`` maps normalised observations to actions."""
+    with single_thread():
+        return _evaluate(policy, config, episodes, seed, device, obs_mean, obs_std)
+
+
+def _evaluate(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    config: EnvConfig,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    obs_mean: np.ndarray | None,
+    obs_std: np.ndarray | None,
+) -> EvalResult:
     envs = [make_env(config) for _ in range(episodes)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
     returns = np.zeros(episodes)

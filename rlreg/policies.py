@@ -17,7 +17,7 @@ import torch
 
 from rlreg.checkpoint import atomic_torch_save, atomic_write_text
 from rlreg.config import EnvConfig
-from rlreg.envs import make_env
+from rlreg.envs import make_env, single_thread
 from rlreg.logging import progress_bar
 from rlreg.nets import DeterministicActor, TanhGaussianActor
 
@@ -72,7 +72,6 @@ def policy_fn(actor: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return actor
 
 
-@torch.no_grad()
 def collect_episodes(
     policy: Callable[[torch.Tensor], torch.Tensor],
     env_config: EnvConfig,
@@ -85,6 +84,19 @@ def collect_episodes(
     """Roll out ``policy`` (plus Gaussian ``action_noise``, clipped to the bounds) in ``num_envs`` envs
     stepped together with one batched policy call, until ``num_transitions`` transitions; whole
     episodes only, the last ones cut by truncation. Deterministic given ``seed``."""
+    with torch.no_grad(), single_thread():
+        return _collect(policy, env_config, num_transitions, seed, action_noise, num_envs, progress)
+
+
+def _collect(
+    policy: Callable[[torch.Tensor], torch.Tensor],
+    env_config: EnvConfig,
+    num_transitions: int,
+    seed: int,
+    action_noise: float,
+    num_envs: int,
+    progress: bool,
+) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     envs = [make_env(env_config) for _ in range(num_envs)]
     low, high = envs[0].action_space.low, envs[0].action_space.high
@@ -101,8 +113,7 @@ def collect_episodes(
     total = 0
     bar = progress_bar(num_transitions, 0, progress, f"collect {env_config.id}")
     while total < num_transitions:
-        bar.n = total
-        bar.refresh()
+        bar.update(total - bar.n)
         obs = torch.as_tensor(np.stack([ep["observations"][-1] for ep in running]), dtype=torch.float32)
         actions = policy(obs).numpy()
         if action_noise > 0:
@@ -121,7 +132,7 @@ def collect_episodes(
             if terminated or truncated:
                 episodes.append({k: np.asarray(v) for k, v in ep.items()})
                 running[i] = reset(i)
-    bar.n = total
+    bar.update(total - bar.n)
     bar.close()
     # the budget is reached: keep the unfinished episodes, cut by truncation (bootstrap through them)
     for ep in running:
