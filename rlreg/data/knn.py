@@ -1,0 +1,368 @@
+"""Exact nearest-neighbour search over a fixed key matrix (PRDC's dataset constraint; offline.md 4.3, 4.9).
+
+What a query returns (both backends, by construction): rows are ordered by
+
+    (exact squared distance, row index),   exact squared distance = sum_d (x_d - q_d)^2 in float64,
+
+accumulated over the dimensions in order (:func:`exact_sq_dist`), from the float32 keys and queries.
+``query(q, k)`` returns the ``k``-th row of that order (``k=1``: the nearest neighbour), i.e. exact ties go
+to the **lowest row index**. This is the neighbour ``scipy.spatial.KDTree`` returns whenever the nearest
+distance is unique; for exact ties KDTree returns whichever tied row its traversal meets first, so the
+tie-break is ours, made explicit. (Rows whose float64 distances differ only by rounding, ~1e-16
+relative, are ordered by our fixed summation order; KDTree's unrolled sum may round them differently.)
+
+Two backends, one definition:
+
+* :class:`TreeIndex` (CPU): ``scipy.spatial.cKDTree`` over the keys (float64; sliding-midpoint build, about
+  a second for 1M x 23). One ``(k+1)``-NN search per query, pruned at a bound on the k-th distance: the
+  caller's hint (PRDC: the batch row's own key is in the index) or, without one, a plain k-NN search
+  first. The search returns the k nearest and shows that the ``(k+1)``-th is strictly farther (more than
+  1e-9 relative, far above the tree's float64 rounding), so the answer is the k-th of them in the order
+  above; otherwise (an exact tie, e.g. duplicated rows, or a wrong hint) every row within the k-th
+  distance is fetched with a ball query and ranked exactly. scipy takes one scalar bound per call, so
+  queries are searched in groups of similar bounds (1-64 groups, adapted to the search time; the
+  grouping only changes the speed). ``workers`` defaults to torch's CPU
+  thread count (the run's ``threads`` setting). The tie check costs about 1.1-1.5x a plain
+  ``KDTree.query(k=1)`` (which does not resolve ties); see ``scripts/bench_knn.py``.
+* :class:`BruteForceIndex` (any torch device; the GPU path): chunked ``|x|^2 - 2 x.q + |q|^2`` matmuls in
+  ``precision`` (float32 by default, TF32 off) keep a running top-``K`` of approximate distances per query;
+  the ``K`` candidates are re-ranked with the exact float64 distance. A rigorous bound on the matmul's
+  rounding error, ``err(q) = 4 (D + 8) u (max_i |x_i| + |q|)^2`` with ``u`` the unit roundoff (keys
+  centred on their mean), certifies the answer when the ``k``-th exact candidate is closer than the
+  ``K``-th approximate distance minus ``err``. For uncertified queries (rare; one host sync per query
+  call checks for them) every row whose approximate distance is within ``2 err`` of the candidate is
+  re-checked exactly, so cancellation can never pick a wrong neighbour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BACKENDS", "BruteForceIndex", "KNNIndex", "TreeIndex", "brute_force_reference", "build_index", "exact_sq_dist",
+    "kth_in_rows",
+]
+
+BACKENDS = ("auto", "tree", "brute")
+
+
+def exact_sq_dist(rows: Tensor | np.ndarray, queries: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """``sum_d (rows_d - queries_d)^2`` in float64, accumulated over ``d`` in order (broadcasting).
+
+    The summation order is fixed (no reductions with device-dependent association) and each step is one IEEE
+    operation, so torch (any device) and numpy inputs give bit-identical distances: the CPU tree and the device
+    brute-force paths apply the same tie-break.
+    """
+    if isinstance(rows, np.ndarray):
+        diff = rows.astype(np.float64) - np.asarray(queries, dtype=np.float64)
+    else:
+        diff = rows.to(torch.float64) - torch.as_tensor(queries).to(rows.device, torch.float64)
+    sq = diff * diff
+    acc = sq[..., 0].copy() if isinstance(sq, np.ndarray) else sq[..., 0].clone()
+    for d in range(1, sq.shape[-1]):
+        acc += sq[..., d]
+    return acc
+
+
+def kth_in_rows(dist: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per row of ``(P, K)`` candidates, the ``k``-th (1-based) in the order (distance, index)."""
+    by_idx = torch.sort(idx, dim=1, stable=True)
+    d = dist.gather(1, by_idx.indices)
+    by_dist = torch.sort(d, dim=1, stable=True)
+    i = by_idx.values.gather(1, by_dist.indices)
+    return by_dist.values[:, k - 1], i[:, k - 1]
+
+
+def _kth_in_groups(group: Tensor, dist: Tensor, idx: Tensor, k: int, groups: int) -> tuple[Tensor, Tensor]:
+    """Ragged version of :func:`kth_in_rows`: candidate ``j`` belongs to query ``group[j]``."""
+    o = torch.sort(idx, stable=True).indices
+    group, dist, idx = group[o], dist[o], idx[o]
+    o = torch.sort(dist, stable=True).indices
+    group, dist, idx = group[o], dist[o], idx[o]
+    o = torch.sort(group, stable=True).indices
+    group, dist, idx = group[o], dist[o], idx[o]
+    counts = torch.bincount(group, minlength=groups)
+    if bool((counts < k).any()):
+        raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf), no neighbour exists")
+    start = torch.cumsum(counts, 0) - counts
+    pos = start + (k - 1)
+    return dist[pos], idx[pos]
+
+
+def _check_k(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise ValueError(f"nearest-neighbour query: k must be in [1, {n}] (the number of indexed rows), got {k}")
+
+
+class KNNIndex:
+    """Common interface: ``query(queries (B, D), k) -> (indices (B,) int64, exact squared distances (B,))``,
+    both on the device of ``queries``."""
+
+    backend = "none"
+
+    def __init__(self, keys: Tensor) -> None:
+        if keys.dim() != 2 or keys.shape[0] == 0:
+            raise ValueError(
+                f"nearest-neighbour index: keys must be a non-empty (N, D) matrix, got {tuple(keys.shape)}"
+            )
+        if keys.dtype != torch.float32:
+            raise ValueError(f"nearest-neighbour index: keys must be float32, got {keys.dtype}")
+        if not bool(torch.isfinite(keys).all()):
+            raise ValueError("nearest-neighbour index: keys contain NaN/inf")
+        self.num_rows, self.dim = int(keys.shape[0]), int(keys.shape[1])
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Indices (on the queries' device) and exact squared distances of each query's k-th neighbour.
+
+        ``upper_bound`` (B,) is an optional claimed bound on each k-th neighbour distance (a search hint)."""
+        raise NotImplementedError
+
+    def _check_queries(self, queries: Tensor, k: int) -> None:
+        _check_k(k, self.num_rows)
+        if queries.dim() != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"nearest-neighbour query: expected (B, {self.dim}) keys, got {tuple(queries.shape)}")
+
+
+class TreeIndex(KNNIndex):
+    """CPU path: bounded ``cKDTree`` (k+1)-NN searches with a no-tie certificate (see the module docstring)."""
+
+    backend = "tree"
+
+    def __init__(self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0) -> None:
+        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); never changes results."""
+        from scipy.spatial import cKDTree
+
+        super().__init__(keys)
+        self.keys = keys.detach().to("cpu").contiguous()
+        self._keys_np = self.keys.numpy()
+        self.workers = workers
+        self.groups = groups
+        self._search_time: float | None = None
+        # balanced_tree/compact_nodes off: sliding-midpoint splits build 2-5x faster (1M x 23: ~1 s) and the
+        # queries were as fast or faster on our benchmark data (random-walk, iid, hopper-embedded).
+        self.tree = cKDTree(self.keys.numpy().astype(np.float64), leafsize=leafsize,
+                            balanced_tree=False, compact_nodes=False)
+        probe = self._keys_np[:32].astype(np.float64)
+        times = []
+        for _ in range(5):  # the fixed cost of one grouped call: a 32-key search that finds only exact matches
+            start = time.perf_counter()
+            self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30)
+            times.append(time.perf_counter() - start)
+        self._call_time = max(sorted(times)[2], 1e-6)
+
+    def _num_groups(self, b: int) -> int:
+        """Groups of similar bounds per query call. Fewer groups waste search on the loosest bound of a group,
+        more groups pay scipy's fixed cost per call; ``sqrt(search time / call cost)`` balances the two (1..64,
+        from the previous calls' search time). Only the speed depends on it."""
+        if self.groups > 0:
+            return min(self.groups, b)
+        if self._search_time is None:
+            return min(16, b)
+        return int(min(max(round(math.sqrt(self._search_time / self._call_time)), 1), 64, b))
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
+        prunes the search (a wrong claim costs a second search, never a wrong answer)."""
+        self._check_queries(queries, k)
+        device = queries.device
+        q32 = queries.detach().to("cpu", torch.float32)
+        q64 = q32.numpy().astype(np.float64)
+        if not np.isfinite(q64).all():
+            raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
+        b = q64.shape[0]
+        workers = self.workers or torch.get_num_threads()
+        if upper_bound is None:
+            bound = np.asarray(self.tree.query(q64, k=[k], workers=workers)[0], dtype=np.float64).reshape(b)
+        else:
+            bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
+            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
+        out_i = np.empty(b, dtype=np.int64)
+        kk = min(k + 1, self.num_rows)
+        dist = np.empty((b, kk), dtype=np.float64)
+        idx = np.empty((b, kk), dtype=np.int64)
+        limit = np.empty(b, dtype=np.float64)
+        # One (k+1)-NN search per group of queries with similar bounds, pruned at the group's bound (scipy takes
+        # a scalar): it finds the k nearest and shows that the (k+1)-th is strictly farther (no tie), or not.
+        order = np.argsort(bound)
+        groups = self._num_groups(b)
+        edges = np.arange(groups + 1) * b // groups
+        start = time.perf_counter()
+        for g in range(groups):
+            sel = order[edges[g]:edges[g + 1]]
+            if sel.size:
+                limit[sel] = lim = float(bound[sel[-1]]) * (1 + 2e-9) + 2e-30
+                d, i = self.tree.query(q64[sel], k=kk, distance_upper_bound=lim, workers=workers)
+                dist[sel], idx[sel] = np.reshape(d, (sel.size, kk)), np.reshape(i, (sel.size, kk))
+        elapsed = time.perf_counter() - start
+        self._search_time = elapsed if self._search_time is None else 0.5 * (self._search_time + elapsed)
+        # the k-th is well inside the searched radius, so any row tied with it (up to the tree's float64
+        # rounding, ~1e-16 relative) was searched too; inf (fewer than k rows within a wrong bound) fails
+        reach = dist[:, k - 1] * (1 + 1e-9) + 1e-30
+        good = reach < limit
+        if kk > k:
+            good &= dist[:, k] > reach  # the (k+1)-th is strictly farther (inf: nothing more within the bound)
+        sel = np.flatnonzero(good)
+        if sel.size:
+            rows = torch.from_numpy(idx[sel, :k])
+            if k == 1:
+                out_i[sel] = idx[sel, 0]
+            else:  # the k nearest are known as a set; the k-th in (distance, index) order is the answer
+                exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(sel)].unsqueeze(1))
+                out_i[sel] = kth_in_rows(exact, rows, k)[1].numpy()
+        rest = np.flatnonzero(~good)
+        if rest.size:  # exact ties at the k-th distance (e.g. duplicated rows) or a wrong upper_bound
+            radius = np.asarray(self.tree.query(q64[rest], k=[k], workers=workers)[0], dtype=np.float64).reshape(-1)
+            hits = self.tree.query_ball_point(q64[rest], radius * (1 + 4e-9) + 1e-30, workers=workers,
+                                              return_sorted=False)
+            counts = torch.tensor([len(h) for h in hits], dtype=torch.int64)
+            rows = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]))
+            group = torch.repeat_interleave(torch.arange(rest.size), counts)
+            exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(rest)][group])
+            out_i[rest] = _kth_in_groups(group, exact, rows, k, rest.size)[1].numpy()
+        sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
+        return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
+
+
+@contextlib.contextmanager
+def _ieee_matmul() -> Iterator[None]:
+    """float32 matmuls at full precision (no TF32/bf16) inside the block; the error bound assumes it."""
+    previous = torch.get_float32_matmul_precision()
+    if previous != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if previous != "highest":
+            torch.set_float32_matmul_precision(previous)
+
+
+class BruteForceIndex(KNNIndex):
+    """Device path: chunked matmul distances, exact re-ranking, error-bound certificate and fix-up."""
+
+    backend = "brute"
+
+    def __init__(
+        self,
+        keys: Tensor,
+        device: torch.device | str | None = None,
+        chunk_rows: int = 0,
+        candidates: int = 16,
+        precision: str = "float32",
+    ) -> None:
+        super().__init__(keys)
+        if precision not in ("float32", "float64"):
+            raise ValueError(f"nearest-neighbour index: precision must be float32 or float64, got {precision!r}")
+        if candidates < 1:
+            raise ValueError(f"nearest-neighbour index: candidates must be >= 1, got {candidates}")
+        self.device = torch.device(device) if device is not None else keys.device
+        self.dtype = torch.float32 if precision == "float32" else torch.float64
+        self.candidates = int(candidates)
+        if chunk_rows <= 0:  # (B=256) x chunk distances: 256 MB of float32 on a GPU, 16 MB on a CPU
+            chunk_rows = 1 << 18 if self.device.type == "cuda" else 1 << 14
+        self.chunk_rows = int(chunk_rows)
+        self.keys = keys.detach().to(self.device, torch.float32).contiguous()
+        mean = self.keys.to(torch.float64).mean(0)
+        self.center = mean.to(self.dtype)
+        centered = self.keys.to(self.dtype) - self.center
+        self.centered = centered
+        self.sq_norms = (centered * centered).sum(1)
+        self.max_norm = float(self.sq_norms.max().to(torch.float64).sqrt())  # once, at build
+        unit = 2.0**-24 if self.dtype == torch.float32 else 2.0**-53
+        # |approx - exact| <= gamma_D (|x| + |q|)^2 for the three-term formula (dot product, two norms, two
+        # additions; Higham's gamma_n = n u / (1 - n u)); a factor 4 covers the centring roundings too.
+        self.err_coef = 4.0 * (self.dim + 8) * unit
+
+    def _approx(self, qc: Tensor, q_sq: Tensor, start: int, stop: int) -> Tensor:
+        x = self.centered[start:stop]
+        return torch.addmm(self.sq_norms[start:stop].unsqueeze(0), qc, x.t(), beta=1.0, alpha=-2.0) + q_sq.unsqueeze(1)
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check_queries(queries, k)  # upper_bound is not needed: every row is scanned
+        device = queries.device
+        q32 = queries.detach().to(self.device, torch.float32)
+        b, n = q32.shape[0], self.num_rows
+        qc = q32.to(self.dtype) - self.center
+        q_sq = (qc * qc).sum(1)
+        cand = min(max(self.candidates, k + 1), n)
+        with _ieee_matmul():
+            best_d = torch.empty(b, 0, dtype=self.dtype, device=self.device)
+            best_i = torch.empty(b, 0, dtype=torch.int64, device=self.device)
+            for start in range(0, n, self.chunk_rows):
+                stop = min(start + self.chunk_rows, n)
+                approx = self._approx(qc, q_sq, start, stop)
+                vals, idx = torch.topk(approx, min(cand, stop - start), dim=1, largest=False, sorted=False)
+                best_d = torch.cat([best_d, vals], 1)
+                best_i = torch.cat([best_i, idx + start], 1)
+                if best_d.shape[1] > cand:
+                    vals, pos = torch.topk(best_d, cand, dim=1, largest=False, sorted=False)
+                    best_d, best_i = vals, best_i.gather(1, pos)
+            exact = exact_sq_dist(self.keys[best_i], q32.unsqueeze(1))
+            d_k, i_k = kth_in_rows(exact, best_i, k)
+            if cand >= n:
+                return i_k.to(device), d_k.to(device)
+            # every row outside the candidates has approx >= the K-th approx, so exact >= that - err
+            err = self.err_coef * (self.max_norm + q_sq.to(torch.float64).sqrt()).square()
+            kth_approx = best_d.max(dim=1).values.to(torch.float64)
+            certified = d_k < kth_approx - err
+            if not bool(certified.all()):  # the one host sync; only here do we need to know
+                bad = (~certified).nonzero().squeeze(1)
+                d_bad, i_bad = self._recheck(q32[bad], qc[bad], q_sq[bad], d_k[bad] + 2 * err[bad], k)
+                d_k = d_k.index_put((bad,), d_bad)
+                i_k = i_k.index_put((bad,), i_bad)
+        return i_k.to(device), d_k.to(device)
+
+    def _recheck(self, q32: Tensor, qc: Tensor, q_sq: Tensor, threshold: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Exact k-th neighbour among every row whose approximate distance is <= ``threshold``.
+
+        Any row at exact distance <= the candidate's has approx <= candidate + err < threshold (= candidate +
+        2 err, which stays above candidate + err after rounding to the matmul precision since the candidate
+        is <= (max|x| + |q|)^2), so the k nearest rows are all re-checked."""
+        groups, rows = [], []
+        thr = threshold.to(self.dtype).unsqueeze(1)
+        for start in range(0, self.num_rows, self.chunk_rows):
+            stop = min(start + self.chunk_rows, self.num_rows)
+            hit = (self._approx(qc, q_sq, start, stop) <= thr).nonzero()
+            groups.append(hit[:, 0])
+            rows.append(hit[:, 1] + start)
+        group, idx = torch.cat(groups), torch.cat(rows)
+        dist = exact_sq_dist(self.keys[idx], q32[group])
+        return _kth_in_groups(group, dist, idx, k, q32.shape[0])
+
+
+def build_index(
+    keys: Tensor,
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+    workers: int | None = None,
+    chunk_rows: int = 0,
+    candidates: int = 16,
+    precision: str = "float32",
+) -> KNNIndex:
+    """Exact index over ``keys`` (float32, (N, D)): ``auto`` is the brute-force path on CUDA, the tree elsewhere."""
+    if backend not in BACKENDS:
+        raise ValueError(f"nearest-neighbour backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    dev = torch.device(device) if device is not None else keys.device
+    if backend == "auto":
+        backend = "brute" if dev.type == "cuda" else "tree"
+    if backend == "tree":
+        return TreeIndex(keys, workers=workers)
+    return BruteForceIndex(keys, device=dev, chunk_rows=chunk_rows, candidates=candidates, precision=precision)
+
+
+def brute_force_reference(keys: np.ndarray, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Slow float64 reference of the definition above (tests and benchmarks; O(B N D) memory-light loop)."""
+    keys_t = torch.as_tensor(keys, dtype=torch.float32)
+    out_i, out_d = [], []
+    for q in torch.as_tensor(queries, dtype=torch.float32):
+        d = exact_sq_dist(keys_t, q)
+        order = np.lexsort((np.arange(len(d)), d.numpy()))
+        out_i.append(order[k - 1])
+        out_d.append(float(d[order[k - 1]]))
+    return np.asarray(out_i, dtype=np.int64), np.asarray(out_d)
+

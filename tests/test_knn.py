@@ -1,0 +1,152 @@
+"""Exact nearest-neighbour index (rlreg/data/knn.py): the same neighbour as scipy's KDTree on both paths,
+explicit tie-break (lowest row index), and no float32 cancellation errors on the brute-force path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import KDTree
+
+from rlreg.data.knn import BruteForceIndex, TreeIndex, brute_force_reference, build_index, exact_sq_dist
+
+# the brute-force path with its defaults, and with tiny chunks and candidate lists so that the chunk merge,
+# the certificate and the exact fix-up all run on small data
+PATHS = {
+    "tree": dict(backend="tree"),
+    "brute": dict(backend="brute"),
+    "brute-small-chunks": dict(backend="brute", chunk_rows=97, candidates=2),
+}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def index(keys: np.ndarray, path: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
+    return build_index(torch.as_tensor(keys), device=device, **PATHS[path])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_neighbour_as_scipy_kdtree_on_random_data(path: str, device: str) -> None:
+    rng = np.random.default_rng(0)
+    keys = np.concatenate([2.0 * rng.standard_normal((4000, 6)), rng.uniform(-1, 1, (4000, 3))], 1).astype(np.float32)
+    queries = np.concatenate([2.0 * rng.standard_normal((300, 6)), rng.uniform(-1, 1, (300, 3))], 1).astype(np.float32)
+    ref_d, ref_i = KDTree(keys).query(queries, k=1)
+    idx, sq = index(keys, path, device).query(torch.as_tensor(queries, device=device))
+    assert idx.device.type == device
+    np.testing.assert_array_equal(idx.cpu().numpy(), ref_i)
+    np.testing.assert_allclose(np.sqrt(sq.cpu().numpy()), ref_d, rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_kth_neighbour_matches_kdtree_k_list(path: str) -> None:
+    # the official code calls KDTree.query(key, k=[k]): only the k-th neighbour
+    rng = np.random.default_rng(1)
+    keys = rng.standard_normal((2000, 5)).astype(np.float32)
+    queries = rng.standard_normal((100, 5)).astype(np.float32)
+    for k in (2, 5):
+        _, ref_i = KDTree(keys).query(queries, k=[k])
+        idx, _ = index(keys, path).query(torch.as_tensor(queries), k=k)
+        np.testing.assert_array_equal(idx.numpy(), ref_i[:, 0])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_ties_go_to_the_lowest_row_index(path: str, k: int) -> None:
+    """Integer keys: many duplicated rows, and half-integer queries equidistant from several distinct rows."""
+    rng = np.random.default_rng(2)
+    keys = rng.integers(-2, 3, (3000, 4)).astype(np.float32)
+    queries = (rng.integers(-2, 3, (200, 4)) + rng.choice([0.0, 0.5], (200, 4))).astype(np.float32)
+    idx, sq = index(keys, path).query(torch.as_tensor(queries), k=k)
+    ref_i, ref_sq = brute_force_reference(keys, queries, k)
+    np.testing.assert_array_equal(idx.numpy(), ref_i)
+    np.testing.assert_array_equal(sq.numpy(), ref_sq)
+    # the tie-break is real here, and it is the only thing that differs from scipy: KDTree reaches the same
+    # distance, and its choice is one of the tied rows
+    kd_d, kd_i = KDTree(keys).query(queries, k=[k])
+    np.testing.assert_allclose(np.sqrt(ref_sq), kd_d[:, 0], rtol=1e-12)
+    d_all = ((keys[None].astype(np.float64) - queries[:, None]) ** 2).sum(-1)
+    tied = (d_all == ref_sq[:, None]).sum(1)
+    assert (tied > 1).mean() > 0.5
+    assert np.all(d_all[np.arange(len(queries)), kd_i[:, 0]] == ref_sq)
+    # lowest index among the rows at the k-th distance that are not needed for ranks < k
+    for q in range(len(queries)):
+        at = np.flatnonzero(d_all[q] == ref_sq[q])
+        closer = int((d_all[q] < ref_sq[q]).sum())
+        assert ref_i[q] == at[k - 1 - closer]
+
+
+def test_float32_cancellation_cannot_pick_a_wrong_neighbour() -> None:
+    """Far from the data's mean, |x|^2 - 2 x.q + |q|^2 in float32 cannot separate neighbours 1e-3 apart;
+    a plain float32 argmin gets it wrong, the certified brute force does not."""
+    rng = np.random.default_rng(3)
+    near = 3000.0 + rng.uniform(0, 0.01, (400, 3))
+    far = -3000.0 + rng.standard_normal((400, 3))
+    keys = np.concatenate([near, far]).astype(np.float32)
+    queries = (3000.0 + rng.uniform(0, 0.01, (64, 3))).astype(np.float32)
+    kd_d, _ = KDTree(keys).query(queries, k=1)
+    ref_i, ref_sq = brute_force_reference(keys, queries)  # (float32 grid at 3000: some exact ties, see above)
+    np.testing.assert_allclose(np.sqrt(ref_sq), kd_d, rtol=1e-12)
+    k32, q32 = torch.as_tensor(keys), torch.as_tensor(queries)
+    naive = ((k32 * k32).sum(1)[None] - 2 * q32 @ k32.T + (q32 * q32).sum(1)[:, None]).argmin(1).numpy()
+    assert (exact_sq_dist(k32[naive], q32).numpy() > ref_sq).mean() > 0.5  # the hazard is real on this data
+    for precision in ("float32", "float64"):
+        idx, sq = BruteForceIndex(k32, chunk_rows=128, candidates=4, precision=precision).query(q32)
+        np.testing.assert_array_equal(idx.numpy(), ref_i)
+        np.testing.assert_array_equal(sq.numpy(), ref_sq)
+
+
+def test_upper_bound_hint_never_changes_the_result() -> None:
+    rng = np.random.default_rng(4)
+    keys = rng.standard_normal((3000, 6)).astype(np.float32)
+    keys[1500:1600] = keys[:100]  # duplicated rows: ties
+    queries = torch.as_tensor(keys[rng.integers(0, 3000, 200)] + rng.normal(0, 0.3, (200, 6)).astype(np.float32))
+    tree = TreeIndex(torch.as_tensor(keys))
+    exact_i, exact_d = tree.query(queries)
+    ref_i, _ = brute_force_reference(keys, queries.numpy())
+    np.testing.assert_array_equal(exact_i.numpy(), ref_i)
+    true = exact_d.sqrt()
+    for bound in (true, true * 3, true * 0.5, torch.zeros(200), torch.full((200,), 100.0)):
+        idx, sq = tree.query(queries, upper_bound=bound)
+        np.testing.assert_array_equal(idx.numpy(), ref_i)
+        assert torch.equal(sq, exact_d)
+
+
+def test_exact_distance_is_a_fixed_order_float64_sum() -> None:
+    rows = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.25]])
+    q = torch.tensor([0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(exact_sq_dist(rows, q).numpy(), [1 + 4 + 4, 0.25 + 1 + 0.5625])
+    assert exact_sq_dist(rows, q).dtype == torch.float64
+
+
+def test_auto_backend_is_the_tree_on_cpu() -> None:
+    keys = torch.randn(50, 4)
+    assert isinstance(build_index(keys), TreeIndex)
+    assert isinstance(build_index(keys, backend="brute"), BruteForceIndex)
+
+
+def test_bad_input_names_the_problem() -> None:
+    keys = torch.randn(20, 4)
+    with pytest.raises(ValueError, match="backend='kd'"):
+        build_index(keys, backend="kd")
+    with pytest.raises(ValueError, match="float32"):
+        build_index(keys.double())
+    with pytest.raises(ValueError, match="NaN"):
+        build_index(torch.tensor([[0.0, float("nan")]]))
+    for path in ("tree", "brute"):
+        idx = build_index(keys, backend=path)
+        with pytest.raises(ValueError, match=r"k must be in \[1, 20\]"):
+            idx.query(torch.randn(3, 4), k=21)
+        with pytest.raises(ValueError, match=r"\(B, 4\)"):
+            idx.query(torch.randn(3, 5))
+        with pytest.raises(ValueError, match="not finite"):
+            idx.query(torch.tensor([[0.0, 0.0, float("nan"), 0.0]]))
+
+
+def test_matmul_precision_is_restored() -> None:
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        BruteForceIndex(torch.randn(100, 3), candidates=2).query(torch.randn(5, 3))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
