@@ -6,6 +6,7 @@ from the run directory's latest checkpoint when there is one.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # process is stopped first: SLURM sends SIGTERM to every process of a job it requeues.
         if stop.handler is not None and "wandb" in sys.modules:
             sys.modules["wandb"].teardown()
-        stop.hand_over()
-        stop.handler = None  # the exception may be pickled (submitit returns it); the handler need not be
-        raise
+        if stop.handler is not None:
+            stop.hand_over()
+            stop.handler = None  # the exception may be pickled (submitit returns it); the handler need not be
+            raise
+        # Not under submitit: stop the whole process (a local multirun must not go on to its next job).
+        print(f"[rlreg] stopped by a signal; rerun the same command to resume from {stop.checkpoint}", flush=True)
+        raise SystemExit(128 + (stop.signum or signal.SIGTERM)) from None
     report(summary)
     return summary["last_normalized_score"]
 

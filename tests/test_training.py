@@ -176,3 +176,18 @@ def test_missing_file_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.M
     run = run_config(["dataset=hopper-medium-v2"] + OFFLINE, tmp_path)
     with pytest.raises(DatasetError, match=r"hopper_medium-v2\.hdf5"):
         train(run, announce=False)
+
+
+def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path: Path, pendulum_dataset: Path) -> None:
+    import fcntl
+
+    run = run_config(pendulum_offline_overrides(pendulum_dataset) + OFFLINE, tmp_path)
+    run_dir = derive_run_dir(run)
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another process"):
+            train(run, announce=False)
+    assert latest_checkpoint(run_dir) is None
+    train(run, announce=False)  # the lock is free again
+    assert final_state(run_dir)["step"] == 40

@@ -143,6 +143,7 @@ class TrainerBase:
     def _prepare_run_dir(self) -> dict[str, Any] | None:
         """Create/check the run dir; return the latest checkpoint's state if there is one."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_run_dir()
         current = config_to_dict(self.run)
         cfg_path = self.run_dir / "config.json"
         if cfg_path.exists():
@@ -153,6 +154,26 @@ class TrainerBase:
             return None
         self._say(f"resuming from {ckpt}")
         return load_checkpoint(ckpt, map_location=self.device)
+
+    def _lock_run_dir(self) -> None:
+        """Hold an exclusive lock on ``<run_dir>/.lock`` while training: two processes must never write one run."""
+        import fcntl
+
+        self._lock = open(self.run_dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise RuntimeError(
+                f"{self.run_dir} is being trained by another process (lock {self.run_dir / '.lock'}); "
+                "wait for it, stop it, or use another tag=/run_dir="
+            ) from None
+
+    def _unlock_run_dir(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()  # closing the file releases the flock
+            self._lock = None
 
     def _say(self, msg: str) -> None:
         if self.announce:
@@ -313,6 +334,12 @@ class TrainerBase:
         """Run (or resume) training to ``trainer.total_steps``; return the summary."""
         self._seed()
         state = self._prepare_run_dir()
+        try:
+            return self._train_locked(state)
+        finally:
+            self._unlock_run_dir()
+
+    def _train_locked(self, state: dict[str, Any] | None) -> dict[str, Any]:
         self._setup()
         if state is not None:
             self._restore(state)
