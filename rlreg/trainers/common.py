@@ -26,7 +26,7 @@ from rlreg.checkpoint import (
 from rlreg.config import ConfigError, EnvConfig, RunConfig
 from rlreg.envs import evaluate, normalized_score
 from rlreg.learners.base import Learner
-from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters
+from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters, progress_bar
 
 # Options that may change between launches of the same run without making it a different run.
 RESUMABLE_CHANGES = ("trainer.total_steps", "logging", "device", "threads", "run_root", "run_dir")
@@ -128,6 +128,7 @@ class TrainerBase:
         self.obs_std: np.ndarray | None = None
         self.learner: Learner
         self.eval_env: EnvConfig
+        self.pretrain_done: dict[str, int] = {}
 
     # -- seeding -----------------------------------------------------------------------------------
     def _seed(self) -> None:
@@ -278,6 +279,33 @@ class TrainerBase:
             self.best_score, self.last_eval = saved
         bar.update(1)
         self._check_stop()
+
+    # -- regularizer pre-training -----------------------------------------------------------------
+    def _pretrain_batch(self, reg: Any, batch_size: int) -> Any:
+        """A batch for ``reg``'s pre-training phase (the offline buffer, or data the regularizer owns)."""
+        raise NotImplementedError
+
+    def _pretrain(self, logger: RunLogger) -> None:
+        """Pre-training phases of regularizers (e.g. SPOT's VAE, DemoReg's BC prior), resumable like the
+        main loop: progress is counted per regularizer in ``self.pretrain_done`` and checkpointed."""
+        t = self.run.trainer
+        for reg in self.learner.regularizers:
+            total = reg.pretrain_steps
+            done = self.pretrain_done[reg.name]
+            if done >= total:
+                continue
+            bar = progress_bar(total, done, self.run.logging.progress_bar, f"pretrain {reg.name}")
+            for i in range(done + 1, total + 1):
+                batch = self._pretrain_batch(reg, t.batch_size)
+                self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
+                self.pretrain_done[reg.name] = i
+                if i % t.log_every == 0 or i == total:
+                    self._flush_metrics(logger, {"pretrain_step": i})
+                if i % t.checkpoint_every == 0 or i == total:
+                    self.save()
+                bar.update(1)
+                self._check_stop()
+            bar.close()
 
     def _show(self, bar: Any, row: dict[str, Any]) -> None:
         score = row["eval/normalized_score"]

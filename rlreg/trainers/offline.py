@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from rlreg.agents import build_agent
 from rlreg.data.buffers import OfflineBuffer
@@ -53,26 +52,8 @@ class OfflineTrainer(TrainerBase):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.pretrain_done = {k: int(v) for k, v in state["pretrain_done"].items()}
 
-    def _pretrain(self, logger: RunLogger) -> None:
-        """Pre-training phases of regularizers (e.g. SPOT's VAE), resumable like the main loop."""
-        t = self.run.trainer
-        for reg in self.learner.regularizers:
-            total = reg.pretrain_steps
-            done = self.pretrain_done[reg.name]
-            if done >= total:
-                continue
-            bar = progress_bar(total, done, self.run.logging.progress_bar, f"pretrain {reg.name}")
-            for i in range(done + 1, total + 1):
-                batch = self.buffer.sample(t.batch_size, self.generator)
-                self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
-                self.pretrain_done[reg.name] = i
-                if i % t.log_every == 0 or i == total:
-                    self._flush_metrics(logger, {"pretrain_step": i})
-                if i % t.checkpoint_every == 0 or i == total:
-                    self.save()
-                bar.update(1)
-                self._check_stop()
-            bar.close()
+    def _pretrain_batch(self, reg: Any, batch_size: int) -> Any:
+        return self.buffer.sample(batch_size, self.generator)
 
     def _train(self, logger: RunLogger) -> None:
         t = self.run.trainer

@@ -76,29 +76,11 @@ class OnlineTrainer(TrainerBase):
                 "the checkpointed observation; the environment is not deterministic under reset(seed)"
             )
 
-    def _pretrain(self, logger: RunLogger) -> None:
-        """Pre-training phases of regularizers, resumable; mirrors ``OfflineTrainer._pretrain``."""
-        t = self.run.trainer
-        for reg in self.learner.regularizers:
-            total = reg.pretrain_steps
-            done = self.pretrain_done[reg.name]
-            if done >= total:
-                continue
-            if not hasattr(reg, "pretrain_batch"):
-                raise ConfigError(f"regularizer {reg.name} needs pre-training data, which an online run does not "
-                                  "have (it must provide pretrain_batch)")
-            bar = progress_bar(total, done, self.run.logging.progress_bar, f"pretrain {reg.name}")
-            for i in range(done + 1, total + 1):
-                batch = reg.pretrain_batch(t.batch_size, self.generator)
-                self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
-                self.pretrain_done[reg.name] = i
-                if i % t.log_every == 0 or i == total:
-                    self._flush_metrics(logger, {"pretrain_step": i})
-                if i % t.checkpoint_every == 0 or i == total:
-                    self.save()
-                bar.update(1)
-                self._check_stop()
-            bar.close()
+    def _pretrain_batch(self, reg: Any, batch_size: int) -> Any:
+        if not hasattr(reg, "pretrain_batch"):
+            raise ConfigError(f"regularizer {reg.name} needs pre-training data, which an online run does not "
+                              "have (it must provide pretrain_batch)")
+        return reg.pretrain_batch(batch_size, self.generator)
 
     def _train(self, logger: RunLogger) -> None:
         t = self.run.trainer
