@@ -83,3 +83,18 @@ def pendulum_offline_overrides(path: Path) -> list[str]:
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(1)
+
+
+def stop_after_update(monkeypatch: pytest.MonkeyPatch, regularizer_cls: type, step: int) -> None:
+    """Deliver SIGUSR1 (as SLURM does before a time limit) right after update ``step`` of a run whose agent
+    has a regularizer of class ``regularizer_cls``; the trainer checkpoints and raises StopRequested."""
+    import signal
+
+    original = regularizer_cls.after_update
+
+    def after_update(self, s: int) -> None:  # type: ignore[no-untyped-def]
+        original(self, s)
+        if s == step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(regularizer_cls, "after_update", after_update)

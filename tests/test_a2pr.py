@@ -4,13 +4,11 @@ its gradients, configs, exact resume and learning on the toy PointGoal task (def
 from __future__ import annotations
 
 import copy
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import run_config, stop_after_update
 from test_spot import assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
 from rlreg.config import SACConfig, TD3Config
@@ -167,14 +165,7 @@ def test_a2pr_resume_is_exact(  # noqa: F811 (point_dataset is a fixture)
     train(run_config(base + [f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
     part = base + [f"run_dir={tmp_path / 'part'}"]
     train(run_config(part + ["trainer.total_steps=20"], tmp_path), announce=False)  # stopped by the budget
-    original = A2PRRegularizer.after_update
-
-    def after_update(self, step: int) -> None:  # type: ignore[no-untyped-def]
-        original(self, step)
-        if step == 33:  # and by a signal mid-window
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    monkeypatch.setattr(A2PRRegularizer, "after_update", after_update)
+    stop_after_update(monkeypatch, A2PRRegularizer, 33)  # and by a signal mid-window
     with pytest.raises(StopRequested):
         train(run_config(part, tmp_path), announce=False)
     monkeypatch.undo()

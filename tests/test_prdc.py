@@ -5,14 +5,12 @@ update, identical training on both search paths, configs, exact resume and learn
 from __future__ import annotations
 
 import copy
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, compose, run_config
+from conftest import CONF_DIR, compose, run_config, stop_after_update
 from omegaconf import OmegaConf
 from test_spot import assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
@@ -177,14 +175,7 @@ def test_prdc_resume_is_exact(tmp_path: Path, point_dataset: tuple[Path, float],
     train(run_config(base + [f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
     part = base + [f"run_dir={tmp_path / 'part'}"]
     train(run_config(part + ["trainer.total_steps=20"], tmp_path), announce=False)  # stopped by the budget
-    original = PRDCRegularizer.after_update
-
-    def after_update(self, step: int) -> None:  # type: ignore[no-untyped-def]
-        original(self, step)
-        if step == 33:  # and by a signal mid-window
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    monkeypatch.setattr(PRDCRegularizer, "after_update", after_update)
+    stop_after_update(monkeypatch, PRDCRegularizer, 33)  # and by a signal mid-window
     with pytest.raises(StopRequested):
         train(run_config(part, tmp_path), announce=False)
     monkeypatch.undo()

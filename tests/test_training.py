@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import pendulum_offline_overrides, run_config
+from conftest import pendulum_offline_overrides, run_config, stop_after_update
 
 from rlreg.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rlreg.data.errors import DatasetError
@@ -52,18 +50,6 @@ def assert_same_learner(a: dict, b: dict) -> None:
                 assert torch.equal(v, opt_b[name]["state"][pid][k]), (name, pid, k)
 
 
-def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Deliver SIGUSR1 (as SLURM does before a time limit) right after update ``step``."""
-    original = BCRegularizer.after_update
-
-    def after_update(self, s: int) -> None:  # type: ignore[no-untyped-def]
-        original(self, s)
-        if s == step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    monkeypatch.setattr(BCRegularizer, "after_update", after_update)
-
-
 def test_offline_resume_is_exact(tmp_path: Path, pendulum_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = pendulum_offline_overrides(pendulum_dataset) + OFFLINE
     full = run_config(base + ["run_dir=" + str(tmp_path / "full")], tmp_path)
@@ -73,7 +59,7 @@ def test_offline_resume_is_exact(tmp_path: Path, pendulum_dataset: Path, monkeyp
     part = run_config(base + ["run_dir=" + str(tmp_path / "part"), "trainer.total_steps=20"], tmp_path)
     train(part, announce=False)
     rest = run_config(base + ["run_dir=" + str(tmp_path / "part")], tmp_path)
-    stop_at(monkeypatch, 33)
+    stop_after_update(monkeypatch, BCRegularizer, 33)
     with pytest.raises(StopRequested):
         train(rest, announce=False)
     assert final_state(tmp_path / "part")["step"] == 33
