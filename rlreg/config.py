@@ -11,7 +11,10 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -114,7 +117,8 @@ class DatasetConfig:
 
     name: str = "hopper-embedded"
     # "d4rl_hdf5" (a D4RL-layout file), "d4rl" (the d4rl package), "minari" (local Minari id),
-    # "embedded" (collected on this machine by a policy the project ships).
+    # "embedded" (collected on this machine by a policy the project ships), "rlreg" (a D4RL-recipe Minari
+    # dataset rlreg/<env>/<level>-v0 made by `python -m rlreg.datasets`, built on first use; path = Minari root).
     source: str = "embedded"
     id: str | None = None
     path: str | None = None
@@ -271,6 +275,19 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def load_env_config(name: str) -> EnvConfig:
+    """The ``env`` config group entry ``conf/env/<name>.yaml`` as an :class:`EnvConfig` (outside Hydra)."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / "env" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml"))
+        raise ConfigError(f"env={name!r}: no {path}; known envs: {', '.join(known)}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(raw, dict)
+    return from_dict(EnvConfig, raw, f"env ({path})")
+
+
 def _choice(value: str, allowed: Mapping[str, Any] | tuple[str, ...], option: str) -> str:
     if value not in allowed:
         raise ConfigError(f"{option}={value!r} is unknown; choose one of: {', '.join(sorted(allowed))}")
@@ -339,7 +356,7 @@ def validate(run: RunConfig) -> None:
     if t.keep_checkpoints < 1:
         raise ConfigError("trainer.keep_checkpoints must be >= 1")
     if run.dataset is not None:
-        _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded"), "dataset.source")
+        _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg"), "dataset.source")
         _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")
     lc = run.agent.learner_config
     if isinstance(lc, SACConfig):

@@ -65,10 +65,18 @@ def load_policy(name_or_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return actor, meta
 
 
-def policy_fn(actor: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deterministic action of a loaded actor (tanh of the mean for Gaussian actors)."""
+def policy_fn(
+    actor: torch.nn.Module, stochastic: bool = False, seed: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Action of a loaded actor: deterministic (tanh of the mean for Gaussian actors), or with
+    ``stochastic=True`` a tanh-Gaussian sample drawn from a generator seeded with ``seed`` (reproducible)."""
     if isinstance(actor, TanhGaussianActor):
+        if stochastic:
+            gen = torch.Generator().manual_seed(seed)
+            return lambda obs: actor(obs, deterministic=False, with_log_prob=False, generator=gen)[0]
         return lambda obs: actor(obs, deterministic=True, with_log_prob=False)[0]
+    if stochastic:
+        raise ValueError(f"{type(actor).__name__} is deterministic; stochastic=True needs a tanh-Gaussian actor")
     return actor
 
 

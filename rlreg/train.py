@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rlreg.config import CONF_DIR as _CONF_PATH
 from rlreg.config import ConfigError, RunConfig, to_run_config
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(_CONF_PATH)
 
 
 def run_from_hydra(cfg: DictConfig) -> RunConfig:

@@ -44,7 +44,9 @@ OFF = {
 }
 
 
-def variants(dataset: str, terms: bool) -> dict[str, list[str]]:
+def variants(dataset: str, terms: bool, extra: list[str]) -> dict[str, list[str]]:
+    """Overrides per variant; ``extra`` (e.g. a reduced width) applies to every variant that has the key:
+    ``regularizer.*`` overrides go to the RORL variants only."""
     out = {
         "sac10": ["agent=sacn", f"dataset={dataset}", "agent.num_critics=10", "agent.update_order=simultaneous"],
         "rorl": ["agent=rorl", f"dataset={dataset}"],
@@ -52,7 +54,10 @@ def variants(dataset: str, terms: bool) -> dict[str, list[str]]:
     if terms:
         for keep in OFF:
             out[f"rorl ({keep} only)"] = ["agent=rorl", f"dataset={dataset}", *(v for k, v in OFF.items() if k != keep)]
-    return out
+    return {
+        name: [*ov, *(e for e in extra if name != "sac10" or not e.startswith("regularizer."))]
+        for name, ov in out.items()
+    }
 
 
 def matmul_gflops_cpu(seconds: float = 2.0) -> float:
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--terms", action="store_true", help="also time each RORL term alone")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. agent.critic_hidden=[128,128,128]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_dataset(args.rows)
@@ -125,11 +131,11 @@ def main() -> None:
     buffer = OfflineBuffer(data, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     peak = matmul_gflops_cpu()
-    learners = {name: build(ov, data, buffer) for name, ov in variants(args.dataset, args.terms).items()}
+    learners = {name: build(ov, data, buffer) for name, ov in variants(args.dataset, args.terms, args.overrides).items()}
     flops = {name: flops_per_update(learner, buffer, gen) for name, learner in learners.items()}
     totals = time_round_robin(learners, buffer, gen, args.seconds)
     print(f"# bench_rorl: torch {torch.__version__}, {args.threads} thread(s), RORL values of {args.dataset}, "
-          f"batch 256, obs 17, act 6; 256^3 matmul {peak:.1f} GFLOP per CPU second; {args.seconds:g} s per variant, "
+          f"batch 256, obs 17, act 6, overrides {args.overrides}; 256^3 matmul {peak:.1f} GFLOP per CPU second; {args.seconds:g} s per variant, "
           "round-robin\n")
     print("| variant | updates timed | CPU ms/update | wall ms/update | GFLOP/update | share of CPU limit | sys share "
           "| x SAC-10 CPU time | x SAC-10 FLOPs |")

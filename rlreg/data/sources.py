@@ -31,7 +31,14 @@ def load_dataset(config: DatasetConfig) -> TransitionDataset:
         return load_minari(config.id or config.name, data_path=config.path)
     if config.source == "embedded":
         return load_embedded(config)
-    raise DatasetError(f"dataset.source={config.source!r} is unknown; use d4rl_hdf5, d4rl, minari or embedded")
+    if config.source == "rlreg":
+        from rlreg.datasets import ensure
+
+        ensure(config.id or config.name, root=config.path)  # built once, on first use
+        return load_minari(config.id or config.name, data_path=config.path)
+    raise DatasetError(
+        f"dataset.source={config.source!r} is unknown; use d4rl_hdf5, d4rl, minari, embedded or rlreg"
+    )
 
 
 def embedded_path(config: DatasetConfig, policy_sha: str) -> Path:
