@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rlreg.config import EnvConfig, load_env_config
+from rlreg.config import load_env_config
 from rlreg.data.dataset import TransitionDataset
 from rlreg.data.errors import DatasetError
 from rlreg.policies import ASSETS, collect_episodes, load_policy, policy_fn, sha256_file
