@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_config, stop_after_update
-from test_spot import assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
+from test_spot import assert_learns_point_task, assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
 from rlreg.config import SACConfig, TD3Config
 from rlreg.data.buffers import Batch
@@ -179,25 +179,11 @@ def test_a2pr_resume_is_exact(  # noqa: F811 (point_dataset is a fixture)
 
 
 def test_a2pr_learns_the_point_task(tmp_path: Path, point_dataset: tuple[Path, float]) -> None:  # noqa: F811
-    """Random data score about -25; A2PR must reach -10 (moving straight to the goal scores about -3) in 1,500
-    updates (small networks)."""
-    path, data_return = point_dataset
-    run = run_config(
-        point_overrides(path)
-        + [
-            "agent=a2pr",
-            "agent.actor_hidden=[32,32,32]",
-            "agent.critic_hidden=[32,32,32,32]",
-            "regularizer.a2pr.value_hidden=[32,32,32,32]",
-            "regularizer.a2pr.vae_hidden=[32,32]",
-            "trainer.total_steps=1500",
-            "trainer.eval_every=500",
-            "trainer.eval_episodes=10",
-            "trainer.log_every=500",
-            "trainer.checkpoint_every=1500",
-        ],
-        tmp_path,
-    )
-    summary = train(run, announce=False)
-    assert data_return < -20
-    assert summary["last_return"] > -10, summary
+    """A2PR reaches -10 on the point task in 1,500 updates (small networks)."""
+    assert_learns_point_task(tmp_path, point_dataset, [
+        "agent=a2pr",
+        "agent.actor_hidden=[32,32,32]",
+        "agent.critic_hidden=[32,32,32,32]",
+        "regularizer.a2pr.value_hidden=[32,32,32,32]",
+        "regularizer.a2pr.vae_hidden=[32,32]",
+    ])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import CONF_DIR, compose, run_config, stop_after_update
 from omegaconf import OmegaConf
-from test_spot import assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
+from test_spot import assert_learns_point_task, assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
 from rlreg.config import ConfigError, TD3Config
 from rlreg.data.buffers import Batch, OfflineBuffer
@@ -187,23 +187,9 @@ def test_prdc_resume_is_exact(tmp_path: Path, point_dataset: tuple[Path, float],
 
 
 def test_prdc_learns_the_point_task(tmp_path: Path, point_dataset: tuple[Path, float]) -> None:  # noqa: F811
-    """Random data score about -25; PRDC must reach -10 in 1,500 updates (small networks; about -5.5 on
-    seeds 0 and 1)."""
-    path, data_return = point_dataset
-    run = run_config(
-        point_overrides(path)
-        + [
-            "agent=prdc",
-            "agent.actor_hidden=[32,32]",
-            "agent.critic_hidden=[32,32]",
-            "trainer.total_steps=1500",
-            "trainer.eval_every=500",
-            "trainer.eval_episodes=10",
-            "trainer.log_every=500",
-            "trainer.checkpoint_every=1500",
-        ],
-        tmp_path,
-    )
-    summary = train(run, announce=False)
-    assert data_return < -20
-    assert summary["last_return"] > -10, summary
+    """PRDC reaches -10 on the point task in 1,500 updates (small networks; about -5.5 on seeds 0 and 1)."""
+    assert_learns_point_task(tmp_path, point_dataset, [
+        "agent=prdc",
+        "agent.actor_hidden=[32,32]",
+        "agent.critic_hidden=[32,32]",
+    ])

@@ -417,27 +417,24 @@ def test_spot_finetunes_online_from_the_offline_checkpoint(
     assert_same_state(state, final_state(tmp_path / "ft_part"))
 
 
-def test_spot_learns_the_point_task(tmp_path: Path, point_dataset: tuple[Path, float]) -> None:
-    """Random data score about -25; SPOT must reach -10 (moving straight to the goal scores about -3) in 1,500
-    updates after 500 VAE pre-training steps (small networks)."""
+def assert_learns_point_task(tmp_path: Path, point_dataset: tuple[Path, float], agent_overrides: list[str]) -> None:
+    """Train ``agent_overrides`` for 1,500 updates on the point task (random data scores about -25) and require
+    a last return above -10 (moving straight to the goal scores about -3). Shared by SPOT, PRDC and A2PR."""
     path, data_return = point_dataset
-    run = run_config(
-        point_overrides(path)
-        + [
-            "agent=spot",
-            "agent.actor_hidden=[32,32]",
-            "agent.critic_hidden=[32,32]",
-            "regularizer.spot.vae_hidden=[32,32]",
-            "regularizer.spot.pretrain_steps=500",
-            "regularizer.spot.lambd=0.1",
-            "trainer.total_steps=1500",
-            "trainer.eval_every=500",
-            "trainer.eval_episodes=10",
-            "trainer.log_every=500",
-            "trainer.checkpoint_every=1500",
-        ],
-        tmp_path,
-    )
-    summary = train(run, announce=False)
+    budget = ["trainer.total_steps=1500", "trainer.eval_every=500", "trainer.eval_episodes=10",
+              "trainer.log_every=500", "trainer.checkpoint_every=1500"]
+    summary = train(run_config(point_overrides(path) + agent_overrides + budget, tmp_path), announce=False)
     assert data_return < -20
     assert summary["last_return"] > -10, summary
+
+
+def test_spot_learns_the_point_task(tmp_path: Path, point_dataset: tuple[Path, float]) -> None:
+    """SPOT reaches -10 in 1,500 updates after 500 VAE pre-training steps (small networks)."""
+    assert_learns_point_task(tmp_path, point_dataset, [
+        "agent=spot",
+        "agent.actor_hidden=[32,32]",
+        "agent.critic_hidden=[32,32]",
+        "regularizer.spot.vae_hidden=[32,32]",
+        "regularizer.spot.pretrain_steps=500",
+        "regularizer.spot.lambd=0.1",
+    ])
