@@ -147,6 +147,9 @@ class TrainerConfig:
     log_every: int = 1000  # metrics are synced from the device every log_every steps
     checkpoint_every: int = 50_000
     keep_checkpoints: int = 3
+    # every snapshot_every steps also write the learner's networks alone to snapshots/step_<k>.pt (a few MB,
+    # no buffer or optimizer), e.g. to pick behaviour policies from a long run; 0: off
+    snapshot_every: int = 0
     # online only
     warmup_steps: int = 5000
     # "uniform": uniform random actions during warm-up; "agent": the agent's own stochastic policy (e.g.

@@ -31,7 +31,11 @@ def main() -> None:
     args = parser.parse_args()
 
     ckpt = checkpoint_dir(args.run_dir) / f"ckpt_{args.step:010d}.pt" if args.step else latest_checkpoint(args.run_dir)
+    if args.step and not ckpt.exists():  # a run with trainer.snapshot_every keeps the networks of every snapshot
+        ckpt = args.run_dir / "snapshots" / f"step_{args.step:010d}.pt"
     state = load_checkpoint(ckpt)
+    if "learner" not in state:
+        state = {"step": state["step"], "learner": {"networks": state["networks"]}}
     config = json.loads((args.run_dir / "config.json").read_text())
     lc = config["agent"]["learner_config"]
     networks = state["learner"]["networks"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rlreg.checkpoint import (
+    atomic_torch_save,
     atomic_write_text,
     capture_rng,
     latest_checkpoint,
@@ -29,7 +30,7 @@ from rlreg.learners.base import Learner
 from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters, progress_bar
 
 # Options that may change between launches of the same run without making it a different run.
-RESUMABLE_CHANGES = ("trainer.total_steps", "logging", "device", "threads", "run_root", "run_dir")
+RESUMABLE_CHANGES = ("trainer.total_steps", "trainer.snapshot_every", "logging", "device", "threads", "run_root", "run_dir")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,6 +205,12 @@ class TrainerBase:
         state["extra"] = self._extra_state()
         return save_checkpoint(self.run_dir, self.step, state, keep=self.run.trainer.keep_checkpoints)
 
+    def save_snapshot(self) -> Path:
+        """The learner's networks alone (``snapshots/step_<k>.pt``): small, loadable with ``weights_only``."""
+        path = self.run_dir / "snapshots" / f"step_{self.step:010d}.pt"
+        atomic_torch_save({"step": self.step, "networks": self.learner.state_dict()}, path)
+        return path
+
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.learner.load_full_state_dict(state["learner"])
@@ -272,6 +279,8 @@ class TrainerBase:
             self._show(bar, self._evaluate(logger))
         if self.step % t.checkpoint_every == 0 or final:
             self.save()
+        if t.snapshot_every and self.step % t.snapshot_every == 0:
+            self.save_snapshot()
         if final and not on_schedule:
             saved = (self.best_score, self.last_eval)
             self._show(bar, self._evaluate(logger))
