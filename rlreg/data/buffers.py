@@ -213,3 +213,85 @@ class MixedSampler:
         a = self.first.sample(n_first, generator)
         b = self.second.sample(n_second, generator)
         return Batch(*(torch.cat([x, y], dim=0) for x, y in zip(a, b)))
+
+
+class NStepWriter:
+    """Turns one-step transitions into ``n``-step ones (online_mb.md 4.3): the row written for time ``t`` holds
+    ``R = sum_{j<k} gamma^j r_{t+j}``, the observation after those ``k`` rewards and ``discount = gamma^k (1 -
+    terminated)``, with ``k = n`` inside an episode and ``k < n`` for the last rows of an episode.
+
+    The last ``n - 1`` transitions of an episode are flushed when it ends: on a termination without bootstrap
+    (``discount = 0``), on a truncation with it (``discount = gamma^k``), unlike the official REValueD trainer,
+    which drops them on truncation (davidireland3/REValueD@2e811a5 ``revalued/trainers/trainer.py``; online_mb.md
+    4.7 pitfall 5). The pending transitions are part of :meth:`state_dict`, so a resumed run writes the same rows.
+    """
+
+    def __init__(self, gamma: float, n_step: int) -> None:
+        if n_step < 1:
+            raise ValueError(f"NStepWriter: n_step must be >= 1, got {n_step}")
+        self.gamma = float(gamma)
+        self.n_step = int(n_step)
+        self._obs: list[Tensor] = []
+        self._actions: list[Tensor] = []
+        self._rewards: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._rewards)
+
+    def _rows(self, count: int, next_obs: Tensor, terminated: bool) -> tuple[Tensor, ...]:
+        """Rows for the first ``count`` pending transitions, all ending at ``next_obs``; pops them."""
+        obs, actions, returns, discounts = [], [], [], []
+        for i in range(count):
+            k = len(self._rewards) - i
+            ret = 0.0
+            for j in range(k):
+                ret += self.gamma ** j * self._rewards[i + j]
+            obs.append(self._obs[i])
+            actions.append(self._actions[i])
+            returns.append(ret)
+            discounts.append(0.0 if terminated else self.gamma ** k)
+        del self._obs[:count], self._actions[:count], self._rewards[:count]
+        device = next_obs.device
+        return (
+            torch.stack(obs),
+            torch.stack(actions),
+            torch.tensor(returns, dtype=torch.float32, device=device),
+            next_obs.unsqueeze(0).expand(count, *next_obs.shape),
+            torch.full((count,), float(terminated), device=device),
+            torch.tensor(discounts, dtype=torch.float32, device=device),
+        )
+
+    def push(
+        self, obs: Tensor, action: Tensor, reward: float, next_obs: Tensor, terminated: bool, truncated: bool
+    ) -> tuple[Tensor, ...] | None:
+        """Add one transition; returns the rows ready to store ``(obs, actions, returns, next_obs, terminated,
+        discounts)`` (each with a leading row dim) or None."""
+        self._obs.append(obs)
+        self._actions.append(action)
+        self._rewards.append(float(reward))
+        if terminated or truncated:
+            return self._rows(len(self._rewards), next_obs, bool(terminated))
+        if len(self._rewards) == self.n_step:
+            return self._rows(1, next_obs, False)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self._rewards:
+            return {"count": 0}
+        return {
+            "count": len(self._rewards),
+            "obs": torch.stack(self._obs).detach().to("cpu", copy=True),
+            "actions": torch.stack(self._actions).detach().to("cpu", copy=True),
+            "rewards": torch.tensor(self._rewards, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        count = int(state.get("count", 0))
+        if count >= self.n_step:
+            raise ValueError(f"NStepWriter.load_state_dict: {count} pending transitions for n_step={self.n_step}")
+        if count == 0:
+            self._obs, self._actions, self._rewards = [], [], []
+            return
+        self._obs = list(state["obs"].to(device).unbind(0))
+        self._actions = list(state["actions"].to(device).unbind(0))
+        self._rewards = [float(r) for r in state["rewards"].tolist()]
