@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rlreg.data.buffers import NStepWriter
-from rlreg.learners.decqn import next_values, selected_utilities, td_loss, uniform_bins
+from rlreg.learners.decqn import next_values, selected_utilities, td_loss
 from rlreg.nets import DecoupledQEnsemble
 from rlreg.regularizers.revalued import revalued_penalty
 
@@ -132,14 +132,6 @@ def test_revalued_penalty_matches_a_hand_computation() -> None:
     assert u.grad[1, 0, 1].item() == pytest.approx(w[1][1] * 2 * (-1.0) / 4)
 
 
-def test_uniform_bins_respect_unequal_bin_counts() -> None:
-    gen = torch.Generator().manual_seed(0)
-    draws = uniform_bins(torch.tensor([2, 3, 5]), (4000,), gen)
-    for i, n in enumerate((2, 3, 5)):
-        counts = torch.bincount(draws[:, i], minlength=n)
-        assert counts.numel() == n and (counts > 4000 / n * 0.85).all()
-
-
 # ---------------------------------------------------------------------------------------------------
 # the batched ensemble equals K separate networks
 # ---------------------------------------------------------------------------------------------------
@@ -183,3 +175,182 @@ def test_acme_init_is_fan_out_variance_scaling() -> None:
     assert net.head.weight.abs().max() <= math.sqrt(0.999 / 18) and net.head.bias.abs().max() == 0
     assert net.inp.weight.abs().max() <= math.sqrt(0.999 / 512)
     assert net.inp.weight.abs().max() > 0.9 * math.sqrt(0.999 / 512)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the learner (built as the trainer builds it)
+# ---------------------------------------------------------------------------------------------------
+def _learner(agent: str = "decqn", overrides: list[str] | None = None, low=(-1.0, -2.0, 0.0), high=(1.0, 2.0, 1.0),
+             obs_dim: int = 4, regularizer: str | None = None):
+    from conftest import compose
+
+    from rlreg.agents import build_agent
+    from rlreg.config import to_run_config
+    from rlreg.learners.base import ActionSpec
+    from rlreg.regularizers.base import SetupContext
+
+    extra = [f"regularizer={regularizer}"] if regularizer is not None else []
+    run = to_run_config(compose([f"agent={agent}", "env=pendulum", "agent.hidden=16", *extra, *(overrides or [])]))
+    spec = ActionSpec(np.asarray(low, np.float32), np.asarray(high, np.float32))
+    setup = SetupContext(obs_dim=obs_dim, act_dim=spec.dim, max_action=spec.max_action, device=torch.device("cpu"),
+                         action_spec=spec)
+    torch.manual_seed(0)
+    return build_agent(run.agent, setup), run
+
+
+def test_discretisation_round_trip_and_masking_of_unequal_bins() -> None:
+    learner, _ = _learner(overrides=["agent.bins=[2,3,5]"])
+    spec = learner.action_spec
+    assert spec.is_discrete and spec.bins == (2, 3, 5) and spec.max_bins == 5 and spec.stored_dtype == torch.int64
+    table = [[-1.0, 1.0], [-2.0, 0.0, 2.0], [0.0, 0.25, 0.5, 0.75, 1.0]]
+    for idx in [(0, 0, 0), (1, 2, 4), (0, 1, 2), (1, 0, 3)]:
+        assert spec.to_env(np.array(idx)).tolist() == [table[i][b] for i, b in enumerate(idx)]
+    # the padded bins get huge utilities: no argmax, max or mean may ever use them
+    with torch.no_grad():
+        bias = learner.critic.head.bias.view(learner.critic.num_members, 1, 3, 5)
+        bias[:, :, 0, 2:] = 1e6
+        bias[:, :, 1, 3:] = 1e6
+    obs = torch.randn(64, 4)
+    gen = torch.Generator().manual_seed(0)
+    for action in (learner.act(obs), learner.act(obs, deterministic=False, generator=gen)):
+        assert (action < torch.tensor([2, 3, 5])).all()
+    u = learner.utilities(obs)
+    for kind in ("double_mean", "decqn", "mean", "redq"):
+        v = next_values(kind, u, u, subset=torch.tensor([0, 1]))
+        assert torch.isfinite(v).all() and v.abs().max() < 1e3
+    with pytest.raises(Exception, match="agent.bins"):
+        _learner(overrides=["agent.bins=[2,3]"])
+
+
+def test_epsilon_decays_only_on_random_actions() -> None:
+    learner, _ = _learner("revalued", ["agent.bins=40", "agent.explore_member=ensemble", "agent.epsilon=0.6",
+                                       "agent.epsilon_decay=0.9", "agent.epsilon_min=0.2"], regularizer="[]")
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(4)
+    greedy = learner.act(obs)
+    eps, decays = 0.6, 0
+    for _ in range(300):
+        action = learner.act(obs, deterministic=False, generator=gen)
+        random = not torch.equal(action, greedy)  # a uniform joint action over 40^3 equals the greedy one w.p. 1.6e-5
+        eps = max(eps * 0.9, 0.2) if random else eps
+        decays += random
+        assert learner.epsilon.item() == pytest.approx(eps)
+        learner.random_action(gen)  # warm-up actions and evaluation never decay epsilon
+        learner.act(obs)
+        assert learner.epsilon.item() == pytest.approx(eps)
+    assert 0 < decays < 300 and learner.epsilon.item() == pytest.approx(0.2)
+    assert learner.extra_state()["epsilon"].item() == pytest.approx(0.2)
+
+
+def test_decqn_exploration_is_per_dimension() -> None:
+    learner, _ = _learner(overrides=["agent.bins=50"])  # eps 0.1, N = 3: a dimension explores w.p. 0.0357
+    obs = torch.randn(1, 4).expand(20000, 4)
+    greedy = learner.act(obs[:1])
+    action = learner.act(obs, deterministic=False, generator=torch.Generator().manual_seed(0))
+    changed = (action != greedy).float()
+    q = (0.1 / 3) / (0.1 / 3 + 0.9) * 49 / 50
+    assert changed.mean(0).sub(q).abs().max() < 0.006
+    # dimensions explore independently: P(two dims changed) = q^2, not q
+    assert (changed.sum(1) >= 2).float().mean() < 3 * q * q
+    assert learner.epsilon.item() == pytest.approx(0.1)
+
+
+def test_revalued_without_regularizer_is_the_official_training_step() -> None:
+    """One update of agent=revalued regularizer=[] against the official step written out here
+    (davidireland3/REValueD@2e811a5 REValueD.update with update_type Mean / REDQ, Polyak tau)."""
+    import copy
+
+    from rlreg.data.buffers import Batch
+
+    for target in ("mean", "decqn"):
+        learner, run = _learner("revalued", ["agent.ensemble_size=3", "agent.bins=[2,3,4]", f"agent.target={target}",
+                                             "agent.grad_clip=0.05"], regularizer="[]")
+        cfg = run.agent.learner_config
+        critic, critic_target = copy.deepcopy(learner.critic), copy.deepcopy(learner.critic_target)
+        opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr)
+        mask = torch.tensor([[0, 0, NEG, NEG], [0, 0, 0, NEG], [0, 0, 0, 0]])
+        gen = torch.Generator().manual_seed(1)
+        b = 32
+        batch = Batch(torch.randn(b, 4, generator=gen), torch.stack([torch.randint(0, n, (b,), generator=gen) for n in (2, 3, 4)], 1),
+                      torch.randn(b, generator=gen), torch.randn(b, 4, generator=gen), torch.ones(b),
+                      torch.full((b,), 0.99 ** 3) * (torch.rand(b, generator=gen) > 0.1))
+        # official layout (B, K, N, n)
+        q_all = critic(batch.observations).permute(1, 0, 2, 3) + mask
+        q = q_all.gather(-1, batch.actions[:, None, :, None].expand(b, 3, 3, 1)).squeeze(-1).mean(-1)
+        with torch.no_grad():
+            nt = critic_target(batch.next_observations).permute(1, 0, 2, 3) + mask
+            if target == "mean":
+                nv = nt.mean(1).max(-1).values.mean(-1, keepdim=True).repeat(1, 3)
+            else:
+                sel = (critic(batch.next_observations).permute(1, 0, 2, 3) + mask).argmax(-1)
+                nv = nt.gather(-1, sel.unsqueeze(-1)).squeeze(-1).mean(-1)
+            y = batch.rewards[:, None] + batch.discounts[:, None] * nv
+        loss = torch.nn.HuberLoss()(q, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            for p, tp in zip(critic.parameters(), critic_target.parameters()):
+                tp.copy_(cfg.tau * p + (1 - cfg.tau) * tp)
+        metrics = learner.update(batch, 1, torch.Generator().manual_seed(0))
+        assert metrics["critic/loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+        for mine, ref in ((learner.critic, critic), (learner.critic_target, critic_target)):
+            for (name, p), r in zip(mine.named_parameters(), ref.parameters()):
+                torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_revalued_regularizer_adds_beta_times_the_penalty() -> None:
+    from rlreg.data.buffers import Batch
+
+    learner, _ = _learner("revalued", ["agent.ensemble_size=3", "regularizer.revalued.beta=0.7"])
+    gen = torch.Generator().manual_seed(2)
+    batch = Batch(torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16, 3), generator=gen), torch.randn(16, generator=gen),
+                  torch.randn(16, 4, generator=gen), torch.ones(16), torch.full((16,), 0.97))
+    with torch.no_grad():
+        learner.critic_target.head.bias.add_(0.3)  # target != online
+        u = selected_utilities(learner.utilities(batch.observations), batch.actions)
+        ubar = selected_utilities(learner.utilities(batch.observations, target=True), batch.actions)
+        y = batch.rewards + batch.discounts * next_values("mean", learner.utilities(batch.next_observations, target=True))
+        expected, _ = revalued_penalty(u, ubar, y)
+    metrics = learner.update(batch, 1, torch.Generator().manual_seed(0))
+    assert metrics["revalued/loss"].item() == pytest.approx(0.7 * expected.item(), rel=1e-5)
+    assert 0 < metrics["revalued/weight_mean"].item() < 1
+
+
+def test_revalued_regularizer_needs_a_decqn_learner() -> None:
+    from conftest import compose
+
+    from rlreg.agents import build_agent
+    from rlreg.config import ConfigError, to_run_config
+    from rlreg.regularizers.base import SetupContext
+
+    run = to_run_config(compose(["agent=sac", "env=pendulum", "regularizer=[revalued]"]))
+    with pytest.raises(ConfigError, match="regularizer=revalued needs a DECQN-family learner"):
+        build_agent(run.agent, SetupContext.box(3, 1, 2.0))
+
+
+def test_replay_buffer_writes_nstep_rows_and_checkpoints_the_pending_ones() -> None:
+    from rlreg.data.buffers import ReplayBuffer
+
+    g = 0.5
+    buf = ReplayBuffer(20, 1, 1, action_dtype=torch.int64, gamma=g, n_step=3)
+    other = ReplayBuffer(20, 1, 1, action_dtype=torch.int64, gamma=g, n_step=3)
+    steps = [(0.0, 1.0, False, False), (1.0, 2.0, False, False), (2.0, 3.0, False, False), (3.0, 4.0, False, False),
+             (4.0, 5.0, False, True), (50.0, 10.0, False, False), (51.0, 20.0, True, False)]
+    for t, (o, r, term, trunc) in enumerate(steps):
+        buf.add([o], [t], r, [o + 1], term, trunc)
+        if t == 3:  # mid-episode: two transitions pending
+            other.load_state_dict(buf.state_dict())
+        if t > 3:
+            other.add([o], [t], r, [o + 1], term, trunc)
+    assert len(buf) == 7
+    assert buf.rewards[:7].tolist() == pytest.approx([2.75, 4.5, 6.25, 6.5, 5.0, 20.0, 20.0])
+    assert buf.discounts[:7].tolist() == pytest.approx([g ** 3, g ** 3, g ** 3, g ** 2, g, 0.0, 0.0])
+    assert buf.next_observations[:7, 0].tolist() == [3.0, 4.0, 5.0, 5.0, 5.0, 52.0, 52.0]
+    assert buf.not_done[:7].tolist() == [1, 1, 1, 1, 1, 0, 0]
+    assert buf.actions[:7, 0].tolist() == list(range(7))
+    for key, value in buf.state_dict().items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(other.state_dict()[key])) if not isinstance(value, dict) else True
+    with pytest.raises(ValueError, match="one transition"):
+        buf.add([[0.0], [1.0]], [[0], [1]], [0.0, 0.0], [[1.0], [2.0]], [False, False])

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from rlreg.config import ConfigError
 from rlreg.data.buffers import Batch
-from rlreg.learners.base import Learner, adam, register_learner, set_requires_grad
+from rlreg.learners.base import ActionSpec, Learner, adam, register_learner, set_requires_grad
 from rlreg.nets import DecoupledQEnsemble, hard_update_, polyak_update_
 from rlreg.regularizers.base import CriticContext, Regularizer, SetupContext
 
@@ -162,12 +162,6 @@ def td_loss(q: Tensor, target: Tensor, delta: float, member_loss: str) -> Tensor
     return per_member.sum() if member_loss == "sum" else per_member.mean()
 
 
-def uniform_bins(bins: Tensor, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    """Uniform bin indices of shape ``shape + (N,)``; dimension i draws from ``{0, .., bins[i] - 1}``."""
-    u = torch.rand(*shape, bins.shape[0], generator=generator, device=bins.device)
-    return (u * bins).long().clamp_max_(bins - 1)
-
-
 # ------------------------------------------------------------------------------------------------
 # the learner
 # ------------------------------------------------------------------------------------------------
@@ -175,24 +169,28 @@ def uniform_bins(bins: Tensor, shape: tuple[int, ...], generator: torch.Generato
 class DecQNLearner(Learner):
     """DecQN (``agent=decqn``) and REValueD (``agent=revalued``) on a discretised action space."""
 
+    provides = frozenset({"target_utilities"})
+
     def __init__(self, setup: SetupContext, config: DecQNConfig, regularizers: Sequence[Regularizer] = ()) -> None:
-        super().__init__(setup, config, regularizers)
-        spec = setup.action_spec
-        if not spec.is_discrete:
-            raise ConfigError("agent.learner=decqn needs a discretised action spec (agent.bins)")
+        super().__init__(setup, regularizers)
+        box = setup.action_spec
         self.config = config
-        self.spec = spec
-        self.num_dims, self.max_bins = spec.dim, spec.max_bins
+        # the learner owns its action spec: the env's Box discretised into agent.bins per dimension
+        self._spec = ActionSpec.discretise(box.low, box.high, config.bins_per_dim(box.dim))
+        self.num_dims, self.max_bins = self._spec.dim, self._spec.max_bins
         self.critic = DecoupledQEnsemble(setup.obs_dim, self.num_dims, self.max_bins, config.ensemble_size,
                                          config.hidden, arch=config.arch, shared_layer_norm=config.shared_layer_norm)
         self.critic_target = copy.deepcopy(self.critic)
         set_requires_grad(self.critic_target, False)
-        # (N, n_max): 0 on valid bins, -inf on padding; bins per dimension as a tensor for random draws
-        self.register_buffer("mask", torch.where(spec.valid_mask(), 0.0, float("-inf")), persistent=False)
-        self.register_buffer("bins", torch.as_tensor(spec.bins, dtype=torch.long), persistent=False)
+        # (N, n_max): 0 on valid bins, -inf on the padding of dimensions with fewer bins
+        self.register_buffer("mask", torch.where(self._spec.valid_mask(), 0.0, float("-inf")), persistent=False)
         self.optimizers = {"critic": adam(self.critic.parameters(), config.lr)}
-        self.target_utilities = any("target_utilities" in getattr(r, "requires", ()) for r in self.regularizers)
+        self.target_utilities = "target_utilities" in self.needs
         self._epsilon: Tensor | None = None  # float64 scalar on the device, created on first use
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self._spec
 
     # -- exploration state ------------------------------------------------------------------------
     @property
@@ -241,7 +239,7 @@ class DecQNLearner(Learner):
         else:
             u = u.max(dim=0).values if cfg.greedy_reduce == "max" else u.mean(dim=0)
         greedy = u.argmax(dim=-1)  # (B, N)
-        rand = uniform_bins(self.bins, (b,), generator)
+        rand = self._spec.uniform((b,), generator, x.device)
         eps = self.epsilon
         draw = torch.rand(b, 1 if cfg.epsilon_mode == "joint" else self.num_dims, generator=generator,
                           device=x.device, dtype=torch.float64)
@@ -255,10 +253,6 @@ class DecQNLearner(Learner):
             count = explore.any(dim=-1).sum()
             self._epsilon = torch.clamp(eps * cfg.epsilon_decay ** count, min=cfg.epsilon_min)
         return action[0] if single else action
-
-    def random_action(self, generator: torch.Generator | None = None) -> Tensor:
-        """A uniform bin per dimension (the warm-up action; epsilon does not decay)."""
-        return uniform_bins(self.bins, (), generator)
 
     # -- learning -----------------------------------------------------------------------------------
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator, metrics: dict[str, Tensor]):
