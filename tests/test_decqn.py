@@ -354,3 +354,48 @@ def test_replay_buffer_writes_nstep_rows_and_checkpoints_the_pending_ones() -> N
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(other.state_dict()[key])) if not isinstance(value, dict) else True
     with pytest.raises(ValueError, match="one transition"):
         buf.add([[0.0], [1.0]], [[0], [1]], [0.0, 0.0], [[1.0], [2.0]], [False, False])
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end: exact resume and learning
+# ---------------------------------------------------------------------------------------------------
+def test_revalued_resume_is_exact_mid_episode(tmp_path) -> None:
+    from conftest import run_config
+    from test_training import assert_same_learner, comparable, final_state
+
+    from rlreg.logging import read_metrics
+    from rlreg.trainers import train
+
+    base = ["agent=revalued", "env=pendulum", "agent.hidden=16", "agent.ensemble_size=3", "agent.bins=5",
+            "agent.epsilon_decay=0.99", "trainer.warmup_steps=40", "trainer.update_every=2", "trainer.log_every=10",
+            "trainer.eval_every=150", "trainer.eval_episodes=1", "trainer.checkpoint_every=70", "trainer.batch_size=16"]
+    train(run_config(base + ["trainer.total_steps=150", f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
+    # stop at env step 70: mid-episode, with two n-step transitions pending and epsilon part-way down
+    train(run_config(base + ["trainer.total_steps=70", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
+    mid = final_state(tmp_path / "part")
+    assert mid["extra"]["updates"] == 15 and 0.05 < mid["learner"]["extra"]["epsilon"].item() < 1.0
+    train(run_config(base + ["trainer.total_steps=150", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
+    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "part")
+    assert_same_learner(a, b)
+    assert torch.equal(a["learner"]["extra"]["epsilon"], b["learner"]["extra"]["epsilon"])
+    for key, value in a["extra"]["buffer"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["extra"]["buffer"][key]), key
+    assert comparable(read_metrics(tmp_path / "full" / "metrics.jsonl")) == comparable(
+        read_metrics(tmp_path / "part" / "metrics.jsonl"))
+
+
+def test_decqn_learns_discretised_pendulum(tmp_path) -> None:
+    """DecQN with 11 bins on Pendulum-v1 (returns of a random policy: about -1200): 4,000 env steps."""
+    from conftest import run_config
+
+    from rlreg.logging import read_metrics
+    from rlreg.trainers import train
+
+    run = run_config(["agent=decqn", "env=pendulum", "agent.bins=11", "agent.hidden=64", "agent.lr=1e-3",
+                      "trainer.total_steps=4000", "trainer.warmup_steps=1000", "trainer.update_every=2",
+                      "trainer.batch_size=128", "trainer.eval_every=4000", "trainer.eval_episodes=5",
+                      "trainer.log_every=500", "trainer.checkpoint_every=4000", f"run_dir={tmp_path / 'run'}"], tmp_path)
+    train(run, announce=False)
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[-1]["eval/return_mean"] > -400, evals
