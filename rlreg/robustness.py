@@ -26,6 +26,12 @@ freshly created Adam of learning rate ``0.1 * eps`` in raw units, which is a sig
 here the step is ``0.1 * eps`` in the normalised units of the box (i.e. ``0.1 * eps * sd`` raw) so it
 matches the box on every dimension. ``--samples``/``--grad-steps``/``--step-size`` override the counts.
 
+Discrete agents (DecQN, REValueD: greedy bins) are attacked the same way: ``action_diff`` measures the squared
+distance of the greedy actions' env values, ``min_Q`` uses ``Q(s, a) = mean_i U_i(s, a_i)`` (ensemble mean). An
+argmax has no gradient, so the gradient steps of ``*_first_order``/``*_mixed_order`` follow differentiable
+stand-ins -- the margin of the best other bin over the clean greedy bin (``action_diff``) and the Q of the greedy
+action at the perturbed input (``min_Q``) -- while the final pick among the candidates uses the real objectives.
+
 The scale ``sd`` (``--std``, default ``auto``): the observation std stored in the checkpoint (agents that
 normalise their buffer, ``sd + 1e-3``), else the std of the networks' input normaliser (RORL, ``sd +
 1e-6``), else the std of the run's dataset (loaded again; e.g. SAC-N, which does not normalise), else,
@@ -229,8 +235,17 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
 # --------------------------------------------------------------------------------------------------
 
 
+def is_discrete(learner: Learner) -> bool:
+    """A learner acting in discretised bins (DecQN, REValueD): its greedy action is an argmax."""
+    spec = getattr(learner, "action_spec", None)
+    return bool(spec is not None and spec.is_discrete)
+
+
 def policy_action(learner: Learner, x: Tensor) -> Tensor:
-    """Deterministic action, differentiable with respect to ``x`` (SAC: ``tanh(mean)``; TD3: ``pi(x)``)."""
+    """Deterministic action, differentiable with respect to ``x`` (SAC: ``tanh(mean)``; TD3: ``pi(x)``); the
+    greedy bins of a discrete learner (piecewise constant in ``x``)."""
+    if is_discrete(learner):
+        return learner.act(x, deterministic=True)
     actor = getattr(learner, "actor", None)
     if isinstance(actor, TanhGaussianActor):
         return actor(x, deterministic=True, with_log_prob=False)[0]
@@ -242,12 +257,33 @@ def policy_action(learner: Learner, x: Tensor) -> Tensor:
 def policy_divergence(learner: Learner, x: Tensor, x_hat: Tensor) -> Tensor:
     """Per-row change of the policy from ``x`` to ``x_hat``: symmetric KL of the pre-tanh Gaussians
     (as the official ``action_diff``) or, for deterministic policies, the squared action distance."""
+    if is_discrete(learner):
+        return discrete_policy_change(learner, x, x_hat)
     actor = getattr(learner, "actor", None)
     if isinstance(actor, TanhGaussianActor):
         m, ls = actor.dist_params(x)
         m_hat, ls_hat = actor.dist_params(x_hat)
         return symmetric_kl(m, ls, m_hat, ls_hat)
     return (policy_action(learner, x) - policy_action(learner, x_hat)).square().sum(-1)
+
+
+def discrete_policy_change(learner: Learner, x: Tensor, x_hat: Tensor) -> Tensor:
+    """How much a discrete learner's greedy action moves from ``x`` to ``x_hat``. Without gradient: the squared
+    distance of the two greedy actions' env values (as for deterministic policies). With gradient (the
+    gradient-based attacks; an argmax has none): the mean over dimensions of the margin by which the best other
+    bin beats the clean greedy bin in the greedy utilities at ``x_hat`` (positive once that dimension's action
+    changed), which is differentiable in ``x_hat``."""
+    spec = learner.action_spec
+    clean = learner.act(x, deterministic=True)
+    if not (torch.is_grad_enabled() and x_hat.requires_grad):
+        values = spec.values().to(x.device)
+        dims = torch.arange(spec.dim, device=x.device)
+        moved = values[dims, learner.act(x_hat, deterministic=True)] - values[dims, clean]
+        return moved.square().sum(-1)
+    u = learner.greedy_utilities(x_hat)  # (B, N, n_max), padded bins -inf
+    taken = u.gather(-1, clean.unsqueeze(-1)).squeeze(-1)
+    others = u.scatter(-1, clean.unsqueeze(-1), float("-inf")).max(dim=-1).values
+    return (others - taken).mean(dim=-1)
 
 
 class QFunction:
@@ -258,6 +294,7 @@ class QFunction:
         if critic is None:
             raise ValueError(f"{loaded.run_dir}: the agent has no critic; min_Q attacks need one")
         self.critic = critic
+        self.learner, self.discrete = loaded.learner, is_discrete(loaded.learner)
         device = next(critic.parameters()).device
         t = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
         victim = victim or loaded
@@ -269,6 +306,8 @@ class QFunction:
         if not self.same:
             raw = x if self.v_mean is None else x * self.v_std + self.v_mean
             x = raw if self.a_mean is None else (raw - self.a_mean) / self.a_std
+        if self.discrete:  # Q_k(s, a) = mean_i U_{k,i}(s, a_i) of the bins a
+            return self.learner.q_values(x, action).mean(dim=0)
         return self.critic(x, action).mean(dim=0)
 
 
@@ -316,6 +355,10 @@ class ObservationAttack:
         x_hat = x + delta * self.scale
         if self.objective == "min_Q":
             assert self.q_fn is not None
+            if delta.requires_grad and is_discrete(self.learner):
+                # a greedy (argmax) action has no gradient: the gradient steps descend the Q of the greedy action
+                # at the perturbed input; the final pick among the candidates uses Q(s, a*(s + delta)) as above
+                return self.q_fn(x_hat, policy_action(self.learner, x_hat))
             return self.q_fn(x, policy_action(self.learner, x_hat))
         return -policy_divergence(self.learner, x, x_hat)
 
@@ -409,7 +452,10 @@ def evaluate_run(loaded: LoadedRun, opts: Options, attacker: LoadedRun | None = 
                                        samples=opts.samples, grad_steps=opts.grad_steps, step_size=opts.step_size)
 
             def policy(x: Tensor, attack: ObservationAttack = attack) -> Tensor:
-                return loaded.learner.act(attack(x), deterministic=True)
+                action = loaded.learner.act(attack(x), deterministic=True)
+                if is_discrete(loaded.learner):  # bins -> env values
+                    return torch.from_numpy(loaded.learner.action_spec.to_env(action))
+                return action
 
             res = evaluate(policy, env, episodes=episodes, seed=loaded.run.seed + t.eval_seed_offset, device=device,
                            obs_mean=loaded.obs_mean, obs_std=loaded.obs_std)

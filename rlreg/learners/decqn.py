@@ -213,11 +213,15 @@ class DecQNLearner(Learner):
         net = self.critic_target if target else self.critic
         return net(obs) + self.mask
 
-    def greedy(self, obs: Tensor) -> Tensor:
-        """Greedy bins ``(B, N)`` w.r.t. the members' max (DecQN) or mean (REValueD) utilities."""
+    def greedy_utilities(self, obs: Tensor) -> Tensor:
+        """The utilities the greedy action maximises, ``(B, N, n_max)``: the members' elementwise max (DecQN)
+        or mean (REValueD); differentiable w.r.t. ``obs``."""
         u = self.utilities(obs)
-        u = u.max(dim=0).values if self.config.greedy_reduce == "max" else u.mean(dim=0)
-        return u.argmax(dim=-1)
+        return u.max(dim=0).values if self.config.greedy_reduce == "max" else u.mean(dim=0)
+
+    def greedy(self, obs: Tensor) -> Tensor:
+        """Greedy bins ``(B, N)`` (the evaluation action)."""
+        return self.greedy_utilities(obs).argmax(dim=-1)
 
     def q_values(self, obs: Tensor, actions: Tensor) -> Tensor:
         """``Q_k(s, a) = mean_i U_{k,i}(s, a_i)``, shape ``(K, B)`` (differentiable w.r.t. ``obs``)."""
