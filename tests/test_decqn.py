@@ -399,3 +399,53 @@ def test_decqn_learns_discretised_pendulum(tmp_path) -> None:
     train(run, announce=False)
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals[-1]["eval/return"] > -400, evals
+
+
+# ---------------------------------------------------------------------------------------------------
+# robustness evaluation of discrete agents
+# ---------------------------------------------------------------------------------------------------
+def test_attacks_on_a_discrete_learner_stay_in_the_box_and_hurt_more_than_random() -> None:
+    from rlreg.robustness import ATTACKS, ObservationAttack, QFunction, discrete_policy_change, policy_action
+
+    learner, _ = _learner("revalued", ["agent.ensemble_size=3", "agent.bins=7"], regularizer="[]")
+    learner.eval().requires_grad_(False)
+
+    class Loaded:  # what QFunction reads of a loaded run
+        run_dir, obs_mean, obs_std = "tiny", None, None
+
+    Loaded.learner = learner
+    q_fn = QFunction(Loaded())
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
+    scale, eps = torch.ones(4), 0.5
+    perturbed = {}
+    for mode in ATTACKS:
+        x_hat = ObservationAttack(mode, eps, learner, scale, q_fn=q_fn, generator=torch.Generator().manual_seed(4))(x)
+        assert ((x_hat - x).abs() <= eps * (1 + 1e-5)).all()
+        perturbed[mode] = x_hat
+    with torch.no_grad():
+        q = {m: q_fn(x, policy_action(learner, perturbed[m])).mean().item() for m in perturbed}
+        moved = {m: discrete_policy_change(learner, x, perturbed[m]).mean().item() for m in perturbed}
+        q_clean = q_fn(x, policy_action(learner, x)).mean().item()
+    for mode in ("min_Q", "min_Q_first_order", "min_Q_mixed_order"):
+        assert q[mode] < q["random"] and q[mode] <= q_clean + 1e-6, (mode, q)
+    for mode in ("action_diff", "action_diff_first_order", "action_diff_mixed_order"):
+        assert moved[mode] > moved["random"], (mode, moved)
+
+
+def test_robustness_cli_on_a_revalued_run(tmp_path) -> None:
+    from conftest import run_config
+
+    from rlreg.robustness import main
+    from rlreg.trainers import train
+
+    run_dir = tmp_path / "rev"
+    train(run_config(["agent=revalued", "env=pendulum", "agent.hidden=16", "agent.ensemble_size=3", "agent.bins=5",
+                      "trainer.total_steps=100", "trainer.warmup_steps=50", "trainer.log_every=50",
+                      "trainer.eval_every=100", "trainer.eval_episodes=1", "trainer.checkpoint_every=100",
+                      "trainer.batch_size=16", f"run_dir={run_dir}"], tmp_path), announce=False)
+    rows = main([str(run_dir), "--eps", "0", "0.1", "--attack", "random", "min_Q", "action_diff_first_order",
+                 "--episodes", "1", "--std", "ones"])
+    assert len(rows) == 6 and all(np.isfinite(r["return_mean"]) for r in rows)
+    clean = [r["return_mean"] for r in rows if r["eps"] == 0.0]
+    assert clean == [clean[0]] * 3  # eps = 0 is the unattacked greedy policy under every mode
+    assert (run_dir / "robustness.csv").exists()
