@@ -254,8 +254,9 @@ class DecQNLearner(Learner):
             explore = draw < (eps / n) / (eps / n + 1.0 - eps)  # (B, N)
         action = torch.where(explore, rand, greedy)
         if cfg.epsilon_decay < 1.0:
-            count = explore.any(dim=-1).sum()
-            self._epsilon = torch.clamp(eps * cfg.epsilon_decay ** count, min=cfg.epsilon_min)
+            count = explore.any(dim=-1).sum()  # random actions taken (per_dim: any dimension random)
+            decay = torch.tensor(cfg.epsilon_decay, dtype=torch.float64, device=x.device).pow(count)
+            self._epsilon = torch.clamp(eps * decay, min=cfg.epsilon_min)
         return action[0] if single else action
 
     # -- learning -----------------------------------------------------------------------------------
