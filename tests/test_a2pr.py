@@ -11,7 +11,9 @@ import torch
 from conftest import run_config, stop_after_update
 from test_spot import assert_learns_point_task, assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
-from rlreg.config import SACConfig, TD3Config
+from rlreg.learners.sac import SACConfig
+from rlreg.learners.td3 import TD3Config
+from rlreg.config import ConfigError
 from rlreg.data.buffers import Batch
 from rlreg.learners.sac import SACLearner
 from rlreg.learners.td3 import TD3Learner
@@ -40,15 +42,16 @@ def tiny(gamma: float = 0.9, **kw) -> tuple[TD3Learner, A2PRRegularizer]:  # typ
     torch.manual_seed(0)
     reg = A2PRRegularizer(A2PRConfig(value_hidden=(8, 8), vae_hidden=(16, 16), **kw))
     cfg = TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5, gamma=gamma)
-    learner = TD3Learner(3, 2, cfg, regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), cfg, regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     return learner, reg
 
 
-def tiny_batch(b: int = 6, seed: int = 0) -> Batch:
+def tiny_batch(b: int = 6, seed: int = 0, gamma: float = 0.9) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])[:b])
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
+                          torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])[:b], gamma)
 
 
 def test_value_and_vae_losses_follow_the_official_order() -> None:
@@ -63,7 +66,7 @@ def test_value_and_vae_losses_follow_the_official_order() -> None:
     old_learner, old_value, old_vae = before
     new_critic = learner.critic  # the critic after this update's step (step 1 changes no target)
     with torch.no_grad():
-        s, a, r, s2, nd = batch
+        s, a, r, s2, nd, _ = batch
         # the critic's smoothed target action a' (same noise draw), reused for the value target
         noise = (0.2 * torch.randn(s2.shape[0], 2, generator=torch.Generator().manual_seed(0))).clamp(-0.5, 0.5)
         a2 = (old_learner.actor_target(s2) + noise).clamp(-1.0, 1.0)
@@ -128,9 +131,8 @@ def test_one_full_update_runs_all_nets_and_reports() -> None:
 
 def test_needs_the_td3_learner_and_valid_options() -> None:
     reg = A2PRRegularizer(A2PRConfig())
-    with pytest.raises(ValueError, match=r"agent\.learner=td3"):
-        sac = SACLearner(3, 2, SACConfig(actor_hidden=(8,), critic_hidden=(8,)))
-        reg.bind(sac, SetupContext(3, 2, 1.0, torch.device("cpu")))
+    with pytest.raises(ConfigError, match=r"a2pr needs a TD3-family learner.*agent\.learner=sac"):
+        SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg])
     with pytest.raises(ValueError, match=r"regularizer\.a2pr\.mask"):
         A2PRRegularizer(A2PRConfig(mask=-1.0))
 

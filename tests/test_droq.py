@@ -12,7 +12,8 @@ from conftest import run_config
 from test_training import assert_same_learner, comparable, final_state
 
 import rlreg.learners.sac as sac_module
-from rlreg.config import SACConfig
+from rlreg.regularizers.base import SetupContext
+from rlreg.learners.sac import SACConfig
 from rlreg.data.buffers import Batch
 from rlreg.learners.sac import SACLearner
 from rlreg.logging import read_metrics
@@ -31,8 +32,9 @@ def droq_config(**kw) -> SACConfig:  # type: ignore[no-untyped-def]
 
 def tiny_batch(b: int = 6, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), (torch.rand(b, generator=g) > 0.2).float())
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
+                          (torch.rand(b, generator=g) > 0.2).float(), gamma=0.99)
 
 
 def test_droq_config_composes_to_the_paper_settings(tmp_path: Path) -> None:
@@ -48,7 +50,7 @@ def test_droq_config_composes_to_the_paper_settings(tmp_path: Path) -> None:
 
 
 def test_dropout_q_block_order_is_linear_dropout_layernorm_relu() -> None:
-    learner = SACLearner(3, 2, droq_config())
+    learner = SACLearner(SetupContext.box(3, 2), droq_config())
     member = learner.critic.net.member(0)
     kinds = [type(m).__name__ for m in member]
     assert kinds == ["Linear", "Dropout", "LayerNorm", "ReLU", "Linear", "Dropout", "LayerNorm", "ReLU", "Linear"]
@@ -62,7 +64,7 @@ def test_dropout_q_block_order_is_linear_dropout_layernorm_relu() -> None:
 
 def test_target_critic_keeps_dropout_on_during_updates() -> None:
     torch.manual_seed(0)
-    learner = SACLearner(3, 2, droq_config())
+    learner = SACLearner(SetupContext.box(3, 2), droq_config())
     learner.train()
     s, a = torch.randn(64, 3), torch.rand(64, 2)
     with torch.no_grad():  # no_grad does not switch dropout off: the target is stochastic
@@ -86,7 +88,7 @@ def test_actor_step_every_policy_freq_updates_on_the_mean_q() -> None:
     """At update 20 (policy_freq=20, simultaneous): L_pi = mean(alpha log pi(a~|s) - (Q1 + Q2)/2 (s, a~)) from
     the parameters at the start of the update; updates 1..19 leave the actor and alpha untouched."""
     torch.manual_seed(0)
-    learner = SACLearner(3, 2, droq_config(critic_dropout=0.0, init_alpha=0.3))
+    learner = SACLearner(SetupContext.box(3, 2), droq_config(critic_dropout=0.0, init_alpha=0.3))
     batch = tiny_batch()
     actor0, alpha0 = copy.deepcopy(learner.actor.state_dict()), learner.log_alpha.item()
     for step in range(1, 20):

@@ -23,7 +23,7 @@ import torch
 from conftest import run_config
 
 from rlreg.checkpoint import latest_checkpoint, load_checkpoint
-from rlreg.config import TD3Config
+from rlreg.learners.td3 import TD3Config
 from rlreg.data.buffers import Batch
 from rlreg.learners.td3 import TD3Learner
 from rlreg.logging import read_metrics
@@ -143,15 +143,15 @@ def tiny_spot(lambd: float = 0.3, **kw) -> tuple[TD3Learner, SPOTRegularizer]:  
     torch.manual_seed(0)
     cfg = SPOTConfig(lambd=lambd, vae_hidden=(16, 16), pretrain_steps=kw.pop("pretrain_steps", 0), **kw)
     reg = SPOTRegularizer(cfg)
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=1.0), regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=1.0), regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     return learner, reg
 
 
 def tiny_batch(b: int = 5, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), torch.ones(b))
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g), torch.ones(b), gamma=0.99)
 
 
 def test_density_term_is_lambda_times_the_vae_negative_elbo() -> None:
@@ -251,7 +251,7 @@ def test_pretrained_vae_density_ranks_dataset_actions_above_far_away_ones() -> N
     for i in range(1, 601):
         s = torch.randn(256, 3, generator=g)
         a = (behaviour(s) + 0.05 * torch.randn(256, 2, generator=g)).clamp(-1, 1)
-        reg.pretrain_step(Batch(s, a, torch.zeros(256), s, torch.ones(256)), i)
+        reg.pretrain_step(Batch.one_step(s, a, torch.zeros(256), s, torch.ones(256), gamma=0.99), i)
     s = torch.randn(500, 3, generator=g)
     s = s[(behaviour(s)[:, 0].abs() > 0.3)]  # states where the mirrored action is clearly away from the data
     with torch.no_grad():
@@ -293,7 +293,7 @@ def test_density_term_stacks_with_another_actor_regularizer() -> None:
 
     torch.manual_seed(0)
     regs = [BCRegularizer(BCConfig()), SPOTRegularizer(SPOTConfig(lambd=0.5, vae_hidden=(16,), pretrain_steps=0))]
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=regs)
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=regs)
     for reg in regs:
         reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     gen = torch.Generator().manual_seed(0)

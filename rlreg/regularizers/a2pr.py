@@ -84,7 +84,7 @@ def bc_target_and_weight(
     return target, weight
 
 
-@register("a2pr", A2PRConfig)
+@register("a2pr", A2PRConfig, families=("td3",))
 class A2PRRegularizer(Regularizer):
 
     def __init__(self, config: A2PRConfig) -> None:
@@ -95,17 +95,9 @@ class A2PRRegularizer(Regularizer):
         self._q_data: Tensor | None = None  # Q1(s, a) after this step's critic update
 
     def bind(self, learner, ctx: SetupContext) -> None:  # type: ignore[no-untyped-def]
-        from rlreg.learners.td3 import TD3Learner  # local import: the learners import this package
-
-        if not isinstance(learner, TD3Learner):
-            raise ValueError(
-                f"regularizer a2pr needs the TD3 learner (agent.learner=td3), got {type(learner).__name__}: its "
-                "value and VAE updates run between the critic step and the delayed actor step (offline.md 3.4)"
-            )
         super().bind(learner, ctx)
         cfg = self.config
         self.critic = learner.critic
-        self.gamma = learner.config.gamma
         self.value = mlp(ctx.obs_dim, cfg.value_hidden, 1)
         self.vae = ConditionalVAE(ctx.obs_dim, ctx.act_dim, latent_dim=cfg.latent_dim, hidden=cfg.vae_hidden,
                                   max_action=ctx.max_action)
@@ -127,7 +119,7 @@ class A2PRRegularizer(Regularizer):
         obs, actions = batch.observations, batch.actions
         with torch.no_grad():
             q_next = self.critic(batch.next_observations, ctx.next_action).min(dim=0).values  # updated critic
-            y_cur = batch.rewards + self.gamma * batch.not_done * q_next
+            y_cur = batch.rewards + batch.discounts * q_next
             value_target = torch.minimum(y_cur, ctx.target)
             q_data = self.critic(obs, actions, members=0)[0]
         # 2. value
