@@ -121,6 +121,8 @@ class TrainerConfig:
     # DemoReg-SAC acting with the behaviour-cloned prior, online_mb.md 5.3). No updates either way.
     warmup_policy: str = "uniform"
     utd_ratio: int = 1
+    # online only: the utd_ratio updates happen on every update_every-th env step (DecQN 8, REValueD 5)
+    update_every: int = 1
     buffer_size: int = 1_000_000
     # finetune only: the offline run directory (or checkpoint file) to start from; None: the offline run of the
     # same agent, dataset, seed and tag under run_root
@@ -319,7 +321,7 @@ def validate(run: RunConfig) -> None:
         raise ConfigError("trainer.mode=finetune needs the dataset of the offline run: add dataset=<name>")
     if t.mode == "online" and run.env is None:
         raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
-    for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio"):
+    for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio", "update_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
     if t.checkpoint_every % t.log_every:

@@ -128,9 +128,9 @@ class ReplayBuffer:
         self.not_done = torch.zeros(capacity, device=self.device)
         self.discounts = torch.zeros(capacity, device=self.device)
         self.gamma = float(gamma)
-        if n_step != 1:
-            raise ValueError(f"ReplayBuffer: n_step={n_step} is not supported yet (1 only)")
         self.n_step = int(n_step)
+        # n > 1: rows are written once their n rewards are in (or the episode ended): NStepWriter below
+        self.writer = NStepWriter(self.gamma, self.n_step) if self.n_step > 1 else None
         self.ptr = 0
         self.size = 0
 
@@ -166,7 +166,15 @@ class ReplayBuffer:
         a = self._rows(self._t(action, self.action_dtype), n, (self.act_dim,), "action")
         r = self._rows(self._t(reward, torch.float32), n, (), "reward")
         nd = 1.0 - self._rows(self._t(terminated, torch.float32), n, (), "terminated")
-        self._write(o, a, r, no, nd, nd * self.gamma)
+        if self.writer is None:
+            self._write(o, a, r, no, nd, nd * self.gamma)
+            return
+        if n != 1:
+            raise ValueError(f"ReplayBuffer.add: with n_step={self.n_step} add one transition at a time (got {n})")
+        rows = self.writer.push(o[0], a[0], float(r[0]), no[0], bool(nd[0] == 0), bool(truncated))
+        if rows is not None:
+            obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
+            self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
 
     def _write(self, o: Tensor, a: Tensor, r: Tensor, no: Tensor, nd: Tensor, disc: Tensor) -> None:
         """Store finished rows (their rewards and discounts already summed over their k steps)."""
@@ -195,16 +203,21 @@ class ReplayBuffer:
             self.next_observations[idx], self.not_done[idx], self.discounts[idx],
         )
 
-    def state_dict(self) -> dict[str, Tensor | int]:
-        """Filled rows (CPU copies) + ``ptr``/``size``/``capacity``; loadable with ``weights_only=True``."""
+    def state_dict(self) -> dict[str, Any]:
+        """Filled rows (CPU copies) + ``ptr``/``size``/``capacity`` (+ the n-step writer's pending transitions);
+        loadable with ``weights_only=True``."""
         n = self.size
-        state: dict[str, Tensor | int] = {"ptr": self.ptr, "size": n, "capacity": self._capacity}
+        state: dict[str, Any] = {"ptr": self.ptr, "size": n, "capacity": self._capacity}
         for key in BUFFER_ROWS:
             state[key] = getattr(self, key)[:n].detach().to("cpu", copy=True)
+        if self.writer is not None:
+            state["nstep_pending"] = self.writer.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` from a buffer of the same capacity and dims."""
+        if self.writer is not None:
+            self.writer.load_state_dict(state.get("nstep_pending", {"count": 0}), self.device)
         size, ptr, cap = int(state["size"]), int(state["ptr"]), int(state["capacity"])
         if cap != self._capacity:
             raise ValueError(f"ReplayBuffer.load_state_dict: saved capacity {cap} != this buffer's {self._capacity}")
