@@ -49,10 +49,8 @@ def revalued_penalty(utilities: Tensor, target_utilities: Tensor, targets: Tenso
     return penalty.mean(), weight.mean()
 
 
-@register("revalued", REValueDRegConfig)
+@register("revalued", REValueDRegConfig, families=("decqn",), requires=("target_utilities",))
 class REValueDRegularizer(Regularizer):
-    requires = frozenset({"target_utilities"})
-    families = frozenset({"decqn"})
 
     def __init__(self, config: REValueDRegConfig) -> None:
         super().__init__()
