@@ -386,19 +386,23 @@ def test_revalued_resume_is_exact_mid_episode(tmp_path) -> None:
 
 
 def test_decqn_learns_discretised_pendulum(tmp_path) -> None:
-    """DecQN with 11 bins on Pendulum-v1 (returns of a random policy: about -1200): 4,000 env steps."""
+    """DecQN with 11 bins on Pendulum-v1, 6,000 env steps (1,000 uniform, then one update every 2 steps): the
+    mean greedy return of the evaluations at 5k and 6k steps beats -900 (a uniform random policy gets about
+    -1,200, the untrained greedy one about -1,500; single runs of this budget reach -300 to -500 but are noisy)."""
     from conftest import run_config
 
     from rlreg.logging import read_metrics
     from rlreg.trainers import train
 
     run = run_config(["agent=decqn", "env=pendulum", "agent.bins=11", "agent.hidden=64", "agent.lr=1e-3",
-                      "trainer.total_steps=4000", "trainer.warmup_steps=1000", "trainer.update_every=2",
-                      "trainer.batch_size=128", "trainer.eval_every=4000", "trainer.eval_episodes=5",
-                      "trainer.log_every=500", "trainer.checkpoint_every=4000", f"run_dir={tmp_path / 'run'}"], tmp_path)
+                      "trainer.total_steps=6000", "trainer.warmup_steps=1000", "trainer.warmup_policy=uniform",
+                      "trainer.update_every=2", "trainer.batch_size=128", "trainer.eval_every=1000",
+                      "trainer.eval_episodes=5", "trainer.log_every=500", "trainer.checkpoint_every=6000",
+                      f"run_dir={tmp_path / 'run'}"], tmp_path)
     train(run, announce=False)
-    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
-    assert evals[-1]["eval/return"] > -400, evals
+    evals = [r["eval/return"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 6 and evals[0] < -1000, evals
+    assert np.mean(evals[-2:]) > -900, evals
 
 
 # ---------------------------------------------------------------------------------------------------
