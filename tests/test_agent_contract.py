@@ -30,6 +30,7 @@ ONLINE = ["env=pendulum", "trainer.warmup_steps=5", "trainer.buffer_size=1000"]
 
 # Per-agent overrides that shrink networks, ensembles and pre-training phases to a tiny budget.
 SMALL_NETS = ["agent.actor_hidden=[16,16]", "agent.critic_hidden=[16,16]"]
+SMALL_NETS_BY_LEARNER: dict[str, list[str]] = {"decqn": ["agent.hidden=16"]}
 PER_AGENT: dict[str, list[str]] = {
     "spot": ["regularizer.spot.pretrain_steps=8"],
     "sacn": ["agent.num_critics=3"],
@@ -37,6 +38,8 @@ PER_AGENT: dict[str, list[str]] = {
     "rorl": ["agent.num_critics=3", "regularizer.rorl_policy.num_samples=2", "regularizer.rorl_q.num_samples=2",
              "regularizer.rorl_ood.num_samples=2"],
     "droq": ["trainer.utd_ratio=2"],
+    "decqn": ["trainer.update_every=2"],
+    "revalued": ["agent.ensemble_size=3"],
     "demoreg_sac": ["regularizer.demoreg.source=dataset", "regularizer.demoreg.num_episodes=2",
                     "regularizer.demoreg.bc_steps=8", "regularizer.demoreg.eval_every=4"],
 }
@@ -51,7 +54,7 @@ def overrides(agent: str, dataset: Path, tmp_path: Path) -> list[str]:
         extra += pendulum_offline_overrides(dataset)
     if run.trainer.mode == "online":
         extra += ONLINE
-    return [f"agent={agent}", *TINY, *SMALL_NETS, *extra]
+    return [f"agent={agent}", *TINY, *SMALL_NETS_BY_LEARNER.get(run.agent.learner, SMALL_NETS), *extra]
 
 
 @pytest.mark.parametrize("agent", AGENTS)
