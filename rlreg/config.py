@@ -67,6 +67,12 @@ class SACConfig:
     target_entropy: float | None = None  # None: -|A|
     log_std_bounds: tuple[float, float] = (-5.0, 2.0)
     init: str = "pytorch"  # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": D-REDQ/DroQ
+    # With init=sacn, whose hidden weights each net gets (rlreg/nets EnsembleCritic / TanhGaussianActor):
+    # "corl" (SAC-N/EDAC: critic U(+-1/sqrt(out)), actor U(+-1/sqrt(in))) or "rlkit" (RORL: the reverse).
+    critic_init: str = "corl"
+    actor_init: str = "corl"
+    # False: the target critic starts as a copy of the critic; True: drawn independently (RORL's official code)
+    independent_target_init: bool = False
     critic_layer_norm: bool = False
     critic_dropout: float = 0.0
     actor_q_reduce: str = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
@@ -366,6 +372,8 @@ def validate(run: RunConfig) -> None:
         _choice(lc.actor_q_reduce, ("min", "mean"), "agent.actor_q_reduce")
         _choice(lc.update_order, ("sequential", "simultaneous"), "agent.update_order")
         _choice(lc.init, ("pytorch", "sacn", "xavier"), "agent.init")
+        _choice(lc.critic_init, ("corl", "rlkit"), "agent.critic_init")
+        _choice(lc.actor_init, ("corl", "rlkit"), "agent.actor_init")
         if lc.policy_freq < 1:
             raise ConfigError(f"agent.policy_freq must be >= 1, got {lc.policy_freq}")
     _choice(t.warmup_policy, ("uniform", "agent"), "trainer.warmup_policy")

@@ -60,24 +60,30 @@ class SACLearner(Learner):
         super().__init__(regularizers)
         self.config = config
         self.max_action = max_action
+        sacn = config.init == "sacn"  # hidden-weight conventions of CORL (SAC-N/EDAC) or rlkit (RORL)
         self.actor = TanhGaussianActor(
             obs_dim,
             act_dim,
             hidden=config.actor_hidden,
             log_std_bounds=config.log_std_bounds,
-            init=config.init,
+            init=config.actor_init if sacn else config.init,
             max_action=max_action,
         )
-        self.critic = EnsembleCritic(
-            obs_dim,
-            act_dim,
-            num_members=config.num_critics,
-            hidden=config.critic_hidden,
-            layer_norm=config.critic_layer_norm,
-            dropout=config.critic_dropout,
-            init=config.init,
-        )
-        self.critic_target = copy.deepcopy(self.critic)
+
+        def make_critic() -> EnsembleCritic:
+            return EnsembleCritic(
+                obs_dim,
+                act_dim,
+                num_members=config.num_critics,
+                hidden=config.critic_hidden,
+                layer_norm=config.critic_layer_norm,
+                dropout=config.critic_dropout,
+                init=config.critic_init if sacn else config.init,
+            )
+
+        self.critic = make_critic()
+        # RORL's official code builds the target ensemble as a second, independently drawn network
+        self.critic_target = make_critic() if config.independent_target_init else copy.deepcopy(self.critic)
         set_requires_grad(self.critic_target, False)
         self.log_alpha = torch.nn.Parameter(torch.tensor(float(config.init_alpha)).log())
         self.target_entropy = float(config.target_entropy if config.target_entropy is not None else -act_dim)
