@@ -25,17 +25,21 @@ from rlreg.trainers import StopRequested, train
 
 
 def test_bc_target_and_gate_ties() -> None:
-    v = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 2.0])
-    q_data = torch.tensor([1.0, 2.0, 0.5, 1.0, 0.5, 1.0])  # A_data = 1, 2, .5, 0, -.5, -1
-    q_gen = torch.tensor([2.0, 1.0, 0.5, 1.0, 0.0, 2.0])  # A_gen  = 2, 1, .5, 0, -1,  0
-    data = torch.arange(12.0).reshape(6, 2)
-    gen = -torch.arange(12.0).reshape(6, 2) - 1
+    v = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 0.0])
+    q_data = torch.tensor([1.0, 2.0, 0.5, 1.0, 0.5, 1.0, 1.0])  # A_data = 1, 2, .5, 0, -.5, -1, 1
+    q_gen = torch.tensor([2.0, 1.0, 0.5, 1.0, 0.0, 2.0, -1.0])  # A_gen  = 2, 1, .5, 0, -1,  0, -1
+    data = torch.arange(14.0).reshape(7, 2)
+    gen = -torch.arange(14.0).reshape(7, 2) - 1
     target, weight = bc_target_and_weight(q_data, q_gen, v, data, gen, mask=0.5)
     # a* = a_gen iff A_gen >= A_data (ties -> generated): rows 0, 2 (tie), 3 (tie), 5
-    use_gen = torch.tensor([True, False, True, True, False, True])
+    use_gen = torch.tensor([True, False, True, True, False, True, False])
     assert torch.equal(target, torch.where(use_gen[:, None], gen, data))
-    # w = mask * (1[Q(s, a_gen) >= v] + 1[Q(s, a) > v]); row 3: both equal v -> only the generated gate counts
-    assert torch.equal(weight, 0.5 * torch.tensor([2.0, 2.0, 2.0, 1.0, 0.0, 1.0]))
+    # w = mask * (1[Q(s, a_gen) >= v] OR 1[Q(s, a) > v]) (official bool + bool), all four gate cases:
+    #   both gates (rows 0-2) -> mask, not 2 mask; generated only (row 3: Q(s, a) = v is not > v; row 5) -> mask;
+    #   dataset only (row 6) -> mask; neither (row 4) -> 0
+    assert torch.equal(weight, 0.5 * torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]))
+    official = 0.5 * ((q_gen >= v) + (q_data > v))  # the official expression on bool tensors, for the record
+    assert torch.equal(weight, official)
 
 
 def tiny(gamma: float = 0.9, **kw) -> tuple[TD3Learner, A2PRRegularizer]:  # type: ignore[no-untyped-def]
@@ -111,12 +115,13 @@ def test_actor_term_value_and_gradient_match_the_official_expression() -> None:
     q_pi = learner.critic(s, recon_pi)[0].detach()
     adv_pi, adv_a = q_pi - v, q_data - v
     embedding = recon_pi * (adv_pi >= adv_a)[:, None] + a * (adv_a > adv_pi)[:, None]
-    adv = 0.7 * ((q_pi >= v).float() + (q_data > v).float())
+    adv = 0.7 * ((q_pi >= v) + (q_data > v))  # bool + bool: logical OR, as in the official code
     expected = ((pi2 - embedding) ** 2 * adv[:, None]).mean()
     (expected_grad,) = torch.autograd.grad(expected, pi2)
     assert bc.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
-    assert adv[[0, 3]].tolist() == pytest.approx([1.4, 1.4]) and adv[[1, 4]].tolist() == [0.0, 0.0]
+    assert all(x == 0.0 or x == pytest.approx(0.7) for x in adv.tolist())  # mask or 0, never 2 mask
+    assert adv[[0, 3]].tolist() == pytest.approx([0.7, 0.7]) and adv[[1, 4]].tolist() == [0.0, 0.0]
 
 
 def test_one_full_update_runs_all_nets_and_reports() -> None:

@@ -40,11 +40,17 @@ def tiny_batch(b: int = 6, seed: int = 0) -> Batch:
 def test_droq_config_composes_to_the_paper_settings(tmp_path: Path) -> None:
     run = run_config(["agent=droq"], tmp_path)
     lc = run.agent.learner_config
-    assert (lc.num_critics, lc.critic_dropout, lc.critic_layer_norm, lc.actor_q_reduce) == (2, 0.01, True, "mean")
+    assert (lc.num_critics, lc.critic_layer_norm, lc.actor_q_reduce) == (2, True, "mean")
     assert (lc.policy_freq, run.trainer.utd_ratio, run.trainer.warmup_steps) == (20, 20, 5000)
     assert lc.target_entropy == -1.0 and run.env.id == "Hopper-v5"  # conf/tuned/droq/hopper.yaml
     assert lc.log_std_bounds == (-20.0, 2.0) and lc.init_alpha == 1.0
     assert run_config(["agent=droq", "env=walker2d"], tmp_path).agent.learner_config.target_entropy == -3.0
+    # dropout rate per env: the REDQ-based codebase's README table (Hopper 1e-4, Walker2d 5e-3, Ant 1e-2), 0.01 else
+    rates = {env: run_config(["agent=droq", f"env={env}"], tmp_path).agent.learner_config.critic_dropout
+             for env in ("hopper", "walker2d", "ant", "halfcheetah", "dmc-cheetah-run")}
+    assert rates == {"hopper": 1e-4, "walker2d": 5e-3, "ant": 1e-2, "halfcheetah": 0.01, "dmc-cheetah-run": 0.01}
+    assert lc.critic_dropout == 1e-4  # env=hopper is the default
+    assert run_config(["agent=droq", "agent.critic_dropout=0.1"], tmp_path).agent.learner_config.critic_dropout == 0.1
     # one actor update per env step whatever the UTD
     assert run_config(["agent=droq", "trainer.utd_ratio=5"], tmp_path).agent.learner_config.policy_freq == 5
 

@@ -162,3 +162,39 @@ def test_stacked_regularizers_both_act_and_report() -> None:
     # EDAC changes the critic update; BC changes the actor update.
     assert not torch.allclose(crit(results["stacked"][0]), crit(results["bc"][0]))
     assert not torch.allclose(act(results["bc"][0]), act(results["plain"][0]))
+
+
+@pytest.mark.parametrize("agent,critic_fan,actor_fan,independent", [
+    ("sacn", "out", "in", False),  # CORL sac_n.py: VectorizedLinear (fan = out), nn.Linear actor (fan = in)
+    ("edac", "out", "in", False),  # CORL edac.py: the same networks
+    ("rorl", "in", "out", True),  # YangRui2015/RORL: rlkit fanin_init, a second independently drawn target ensemble
+])
+def test_sac_family_agents_initialise_like_their_official_code(
+    agent: str, critic_fan: str, actor_fan: str, independent: bool, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from conftest import run_config
+
+    lc = run_config([f"agent={agent}", "dataset=halfcheetah-medium-v2"], tmp_path).agent.learner_config
+    torch.manual_seed(0)
+    learner = SACLearner(17, 6, lc)
+    critic_dims, actor_dims = [17 + 6, *lc.critic_hidden], [17, *lc.actor_hidden]
+    actor_lins = [m for m in learner.actor.trunk if isinstance(m, torch.nn.Linear)]
+    for lins, dims, fan in ((list(learner.critic.net.linears)[:-1], critic_dims, critic_fan),
+                            (actor_lins, actor_dims, actor_fan)):
+        for i, lin in enumerate(lins):
+            bound = 1 / math.sqrt(dims[i + 1] if fan == "out" else dims[i])  # first layer: 1/16 or 1/sqrt(23|17)
+            assert 0.95 * bound < lin.weight.abs().max().item() <= bound, (agent, fan, i)
+            assert torch.all(lin.bias == 0.1)
+    pairs = zip(learner.critic.net.linears, learner.critic_target.net.linears)
+    same = [torch.equal(a.weight, b.weight) for a, b in pairs]  # (hidden biases are 0.1 in both either way)
+    assert (not any(same)) if independent else all(same)
+    assert torch.equal(learner.critic_target.net.linears[0].bias, learner.critic.net.linears[0].bias)
+
+
+def test_critic_and_actor_init_options_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import run_config
+    from rlreg.config import ConfigError
+
+    for key in ("critic_init", "actor_init"):
+        with pytest.raises(ConfigError, match=rf"agent\.{key}='kaiming'"):
+            run_config(["agent=sacn", f"agent.{key}=kaiming"], tmp_path)

@@ -67,6 +67,12 @@ class SACConfig:
     log_std_bounds: tuple[float, float] = (-5.0, 2.0)
     # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": D-REDQ/DroQ
     init: Literal["pytorch", "sacn", "xavier"] = "pytorch"
+    # With init=sacn, whose hidden weights each net gets (rlreg/nets EnsembleCritic / TanhGaussianActor):
+    # "corl" (SAC-N/EDAC: critic U(+-1/sqrt(out)), actor U(+-1/sqrt(in))) or "rlkit" (RORL: the reverse).
+    critic_init: Literal["corl", "rlkit"] = "corl"
+    actor_init: Literal["corl", "rlkit"] = "corl"
+    # False: the target critic starts as a copy of the critic; True: drawn independently (RORL's official code)
+    independent_target_init: bool = False
     critic_layer_norm: bool = False
     critic_dropout: float = 0.0
     actor_q_reduce: Literal["min", "mean"] = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
@@ -117,24 +123,30 @@ class SACLearner(Learner):
         max_action = symmetric_box_bound(setup.action_spec, self.name)
         self.config = config
         self.max_action = max_action
+        sacn = config.init == "sacn"  # hidden-weight conventions of CORL (SAC-N/EDAC) or rlkit (RORL)
         self.actor = TanhGaussianActor(
             obs_dim,
             act_dim,
             hidden=config.actor_hidden,
             log_std_bounds=config.log_std_bounds,
-            init=config.init,
+            init=config.actor_init if sacn else config.init,
             max_action=max_action,
         )
-        self.critic = EnsembleCritic(
-            obs_dim,
-            act_dim,
-            num_members=config.num_critics,
-            hidden=config.critic_hidden,
-            layer_norm=config.critic_layer_norm,
-            dropout=config.critic_dropout,
-            init=config.init,
-        )
-        self.critic_target = copy.deepcopy(self.critic)
+
+        def make_critic() -> EnsembleCritic:
+            return EnsembleCritic(
+                obs_dim,
+                act_dim,
+                num_members=config.num_critics,
+                hidden=config.critic_hidden,
+                layer_norm=config.critic_layer_norm,
+                dropout=config.critic_dropout,
+                init=config.critic_init if sacn else config.init,
+            )
+
+        self.critic = make_critic()
+        # RORL's official code builds the target ensemble as a second, independently drawn network
+        self.critic_target = make_critic() if config.independent_target_init else copy.deepcopy(self.critic)
         set_requires_grad(self.critic_target, False)
         self.log_alpha = torch.nn.Parameter(torch.tensor(float(config.init_alpha)).log())
         self.target_entropy = float(config.target_entropy if config.target_entropy is not None else -act_dim)
