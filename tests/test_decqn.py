@@ -453,3 +453,15 @@ def test_robustness_cli_on_a_revalued_run(tmp_path) -> None:
     clean = [r["return_mean"] for r in rows if r["eps"] == 0.0]
     assert clean == [clean[0]] * 3  # eps = 0 is the unattacked greedy policy under every mode
     assert (run_dir / "robustness.csv").exists()
+
+
+def test_bad_options_are_refused_naming_them() -> None:
+    from conftest import compose
+
+    from rlreg.config import ConfigError, to_run_config
+
+    for override, match in [("agent.target=foo", "agent.target"), ("agent.bins=1", "agent.bins"),
+                            ("agent.epsilon=2", "agent.epsilon"), ("trainer.update_every=0", "trainer.update_every"),
+                            ("agent.target=redq agent.redq_subset=11", "agent.redq_subset")]:
+        with pytest.raises(ConfigError, match=match):
+            to_run_config(compose(["agent=revalued", *override.split()]))
