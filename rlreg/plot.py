@@ -52,14 +52,14 @@ def read_metrics(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def panel_rank(key: str) -> tuple[int, str]:
-    """Order of the panels: score, return, episode returns, losses, Q values, other learner metrics,
-    regularizer terms."""
+    """Order of the panels: score, return, other evaluation metrics and episode returns, losses, Q values,
+    other learner metrics, regularizer terms."""
     prefix, _, leaf = key.partition("/")
     if key == "eval/normalized_score":
         rank = 0
     elif key == "eval/return":
         rank = 1
-    elif key.startswith("train/episode_return"):
+    elif key.startswith(("eval/", "train/episode_return")):  # best score, episode length, return std, ...
         rank = 2
     elif "loss" in key:
         rank = 3

@@ -73,3 +73,70 @@ def test_magnitude_regularizer_trains_and_logs(tmp_path: Path, pendulum_dataset:
     rows = [r for r in read_metrics(Path(summary["metrics"])) if r["kind"] == "train" and "actor/loss" in r]
     assert rows and all(r["magnitude/q_loss"] > 0 and r["magnitude/action_loss"] > 0 for r in rows)
     assert summary["run_dir"].endswith("td3bc-bc+magnitude/pendulum-random/seed0")
+
+
+# ------------------------------------------------------------------------- writing a learner (tiny_ddpg)
+def _contract() -> bool:
+    import rlreg.learners.base as base
+
+    return hasattr(base, "register_learner")
+
+
+needs_contract = pytest.mark.skipif(not _contract(), reason="the learner contract (register_learner) is not merged yet")
+
+
+@needs_contract
+def test_tiny_ddpg_critic_loss_matches_its_formula_and_takes_regularizers() -> None:
+    ex = load_example("tiny_ddpg")
+    load_example("magnitude_regularizer")
+    from rlreg.agents import build_agent
+    from rlreg.config import AgentConfig
+    from rlreg.data.buffers import Batch
+    from rlreg.regularizers.base import SetupContext
+
+    torch.manual_seed(0)
+    cfg = ex.TinyDDPGConfig(hidden=(16,), gamma=0.9, policy_freq=2)
+    magnitude = sys.modules["magnitude_regularizer"].MagnitudeConfig(q_weight=0.5)
+    learner = build_agent(AgentConfig("tiny_ddpg", "tiny_ddpg", cfg, {"magnitude": magnitude}),
+                          SetupContext.box(obs_dim=3, act_dim=2))
+    assert isinstance(learner, ex.TinyDDPG)
+    g = torch.Generator().manual_seed(1)
+    not_done = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    batch = Batch.one_step(torch.randn(4, 3, generator=g), torch.rand(4, 2, generator=g) * 2 - 1,
+                           torch.randn(4, generator=g), torch.randn(4, 3, generator=g), not_done, gamma=0.9)
+    with torch.no_grad():
+        y = batch.rewards + 0.9 * not_done * learner.critic_target(batch.next_observations,
+                                                                   learner.actor_target(batch.next_observations))[0]
+        q = learner.critic(batch.observations, batch.actions)[0]
+    actor_before = [p.clone() for p in learner.actor.parameters()]
+    metrics = learner.update(batch, step=1, generator=g)  # policy_freq 2: no actor step
+    assert metrics["critic/loss"].item() == pytest.approx((q - y).pow(2).mean().item(), rel=1e-5)
+    assert metrics["magnitude/q_loss"].item() == pytest.approx(0.5 * q.pow(2).mean().item(), rel=1e-5)
+    assert "actor/loss" not in metrics and all(torch.equal(a, b) for a, b in zip(actor_before, learner.actor.parameters()))
+    metrics = learner.update(batch, step=2, generator=g)
+    assert "actor/loss" in metrics and not all(torch.equal(a, b) for a, b in zip(actor_before, learner.actor.parameters()))
+    with pytest.raises(Exception, match="agent.tau"):
+        ex.TinyDDPGConfig(tau=2.0)
+
+
+@needs_contract
+def test_tiny_ddpg_trains_online_and_resumes_exactly(tmp_path: Path) -> None:
+    load_example("tiny_ddpg")
+    from rlreg.config import to_run_config
+    from rlreg.logging import read_metrics
+    from rlreg.trainers import train
+
+    def run_for(total: int, root: Path):  # type: ignore[no-untyped-def]
+        raw = compose([f"run_root={root}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
+                       "agent=td3", "env=pendulum", f"trainer.total_steps={total}", "trainer.warmup_steps=100",
+                       "trainer.eval_every=200", "trainer.eval_episodes=1", "trainer.log_every=50",
+                       "trainer.checkpoint_every=100", "trainer.batch_size=32"])
+        raw["agent"] = {"name": "tiny_ddpg", "learner": "tiny_ddpg", "hidden": [32, 32]}
+        return to_run_config(raw)
+
+    whole = train(run_for(400, tmp_path / "a"), announce=False)
+    train(run_for(200, tmp_path / "b"), announce=False)
+    resumed = train(run_for(400, tmp_path / "b"), announce=False)  # same run, longer budget
+    rows = [r for r in read_metrics(Path(whole["metrics"])) if r["kind"] == "train" and "critic/loss" in r]
+    assert rows and whole["run_dir"].endswith("tiny_ddpg/Pendulum-v1/seed0")
+    assert resumed["last_return"] == pytest.approx(whole["last_return"], rel=1e-6)
