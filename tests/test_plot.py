@@ -140,3 +140,16 @@ def test_display_names() -> None:
              "spot-spot_long": "SPOT (long)", "a2pr-a2pr": "A2PR"}
     assert {k: display_name(k) for k in cases} == cases
     assert split_run_name("demoreg_sac-demoreg_x") == ("demoreg_sac", ("demoreg",), "x")
+
+
+def test_results_plot_flag_writes_the_same_plots(tmp_path: Path) -> None:
+    from rlreg.results import main as results_main
+
+    for seed, score in enumerate([30.0, 50.0]):
+        write_run(tmp_path / "runs", "prdc", ("prdc",), "mujoco/hopper/medium-v0", seed, [10.0, score])
+    out = tmp_path / "out"
+    assert results_main([str(tmp_path / "runs"), "--out", str(out), "--plot"]) == 0
+    # a Minari id as dataset name: listed as typed, files named without the slashes
+    assert "| PRDC | mujoco/hopper/medium-v0 | 200 | 2 | 40.0 ± 10.0 |" in (out / "results.md").read_text()
+    for name in ("metrics_mujoco_hopper_medium-v0.png", "aggregate.png", "curves_mujoco_hopper_medium-v0.png"):
+        assert (out / name).read_bytes()[:8] == PNG
