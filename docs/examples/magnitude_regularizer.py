@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from rlreg.config import ConfigError
+from rlreg.config import check_range
 from rlreg.data.buffers import Batch
 from rlreg.regularizers import register
 from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer
@@ -28,16 +28,16 @@ class MagnitudeConfig:
     action_weight: float = 0.0
     decay_steps: int = 0  # 0: no decay
 
-    def __post_init__(self) -> None:  # bad values fail before anything runs, naming the option
-        if self.q_weight < 0 or self.action_weight < 0:
-            raise ConfigError("regularizer.magnitude.q_weight and action_weight must be >= 0")
-        if self.decay_steps < 0:
-            raise ConfigError(f"regularizer.magnitude.decay_steps must be >= 0, got {self.decay_steps}")
+    def __post_init__(self) -> None:  # bad values fail before anything runs, naming the option as typed
+        check_range("regularizer.magnitude.q_weight", self.q_weight, low=0.0)
+        check_range("regularizer.magnitude.action_weight", self.action_weight, low=0.0)
+        check_range("regularizer.magnitude.decay_steps", self.decay_steps, low=0)
 
 
-@register("magnitude", MagnitudeConfig)
+@register("magnitude", MagnitudeConfig, families=None)  # None: fits any learner (e.g. ("td3",) to restrict it)
 class MagnitudeRegularizer(Regularizer):
-    """Adds the two terms above; every returned term is logged as ``magnitude/<term>``."""
+    """Adds the two terms above; every returned term is logged as ``magnitude/<term>``. It only reads what the
+    learner hands it (``ctx.q``, ``ctx.actions``) and never changes the learner."""
 
     def __init__(self, config: MagnitudeConfig) -> None:
         super().__init__()
