@@ -79,7 +79,7 @@ class EnvConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where the offline data comes from and how it is pre-processed (offline.md 1.2, 7)."""
+    """Where the offline data comes from and how it is pre-processed (docs/datasets.md)."""
 
     name: str = "hopper-embedded"
     # "d4rl_hdf5" (a D4RL-layout file), "d4rl" (the d4rl package), "minari" (local Minari id),
@@ -119,7 +119,7 @@ class TrainerConfig:
     # online only
     warmup_steps: int = 5000
     # "uniform": uniform random actions during warm-up; "agent": the agent's own stochastic policy (e.g.
-    # DemoReg-SAC acting with the behaviour-cloned prior, online_mb.md 5.3). No updates either way.
+    # DemoReg-SAC acting with the behaviour-cloned prior, docs/agents/demoreg.md). No updates either way.
     warmup_policy: str = "uniform"
     utd_ratio: int = 1
     buffer_size: int = 1_000_000
