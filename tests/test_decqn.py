@@ -1,5 +1,5 @@
 """DecQN / REValueD: discretisation, n-step rows, targets, the revalued penalty, exploration, the batched
-ensemble, exact resume and a learning check (online_mb.md 4)."""
+ensemble, exact resume and a learning check (docs/agents/revalued.md)."""
 
 from __future__ import annotations
 

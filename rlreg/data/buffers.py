@@ -259,14 +259,13 @@ class MixedSampler:
 
 
 class NStepWriter:
-    """Turns one-step transitions into ``n``-step ones (online_mb.md 4.3): the row written for time ``t`` holds
+    """Turns one-step transitions into ``n``-step ones (DecQN / REValueD, docs/agents/revalued.md): the row written for time ``t`` holds
     ``R = sum_{j<k} gamma^j r_{t+j}``, the observation after those ``k`` rewards and ``discount = gamma^k (1 -
     terminated)``, with ``k = n`` inside an episode and ``k < n`` for the last rows of an episode.
 
     The last ``n - 1`` transitions of an episode are flushed when it ends: on a termination without bootstrap
     (``discount = 0``), on a truncation with it (``discount = gamma^k``), unlike the official REValueD trainer,
-    which drops them on truncation (davidireland3/REValueD@2e811a5 ``revalued/trainers/trainer.py``; online_mb.md
-    4.7 pitfall 5). The pending transitions are part of :meth:`state_dict`, so a resumed run writes the same rows.
+    which drops them on truncation (davidireland3/REValueD@2e811a5 ``revalued/trainers/trainer.py``). The pending transitions are part of :meth:`state_dict`, so a resumed run writes the same rows.
     """
 
     def __init__(self, gamma: float, n_step: int) -> None:

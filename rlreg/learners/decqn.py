@@ -1,7 +1,7 @@
 """DecQN and REValueD: value decomposition over a discretised (factorised) action space.
 
 Each action dimension ``i`` is discretised into ``n_i`` bins (the learner's action spec) and every critic member
-``k`` outputs one utility per bin, ``U_{k,i}(s, b)``; the joint action value is their mean (online_mb.md 4.1)
+``k`` outputs one utility per bin, ``U_{k,i}(s, b)``; the joint action value is their mean (docs/agents/revalued.md)
 
     Q_k(s, a) = (1/N) sum_i U_{k,i}(s, a_i)
 
@@ -21,7 +21,7 @@ for the k rewards of an n-step row) the TD target of member k is ``y_k = R + d *
                                                               REValueD's ensemble, whose HuberLoss averages B x K)
 
 followed by one Adam step with the global gradient norm clipped (40). Padded bins of dimensions with fewer bins
-are -inf in every argmax, max and mean above (online_mb.md 4.7 pitfall 6). The target network is a hard copy
+are -inf in every argmax, max and mean above (as REValueD's ``_create_action_mask``). The target network is a hard copy
 every ``target_update_period`` updates (DecQN) or a Polyak average (REValueD, tau 0.005).
 
 Exploration (``act(deterministic=False)``) is epsilon-greedy, all on the device:
@@ -63,8 +63,8 @@ TargetKind = Literal["double_mean", "decqn", "mean", "redq"]
 
 @dataclass
 class DecQNConfig:
-    """DecQN defaults (tseyde/decqn@2309e0b ``config_default.py``, online_mb.md 4.2); REValueD's are in
-    ``conf/agent/revalued.yaml`` (online_mb.md 4.3)."""
+    """DecQN defaults (tseyde/decqn@2309e0b ``config_default.py``); REValueD's are in
+    ``conf/agent/revalued.yaml`` (docs/agents/revalued.md)."""
 
     gamma: float = 0.99
     n_step: int = 3

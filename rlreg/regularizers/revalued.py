@@ -1,4 +1,4 @@
-"""REValueD's regularisation loss (Ireland & Montana, ICLR 2024; online_mb.md 4.3), for DecQN-family learners.
+"""REValueD's regularisation loss (Ireland & Montana, ICLR 2024; docs/agents/revalued.md), for DecQN-family learners.
 
 Value decomposition lets an exploratory sub-action in one dimension change the TD target of the utilities of
 all the others. The penalty keeps each member's utility of the taken sub-action near the target network's
