@@ -24,6 +24,11 @@ Two backends, one definition:
   grouping only changes the speed). ``workers`` defaults to torch's CPU
   thread count (the run's ``threads`` setting). The tie check costs about 1.1-1.5x a plain
   ``KDTree.query(k=1)`` (which does not resolve ties); see ``scripts/bench_knn.py``.
+* :class:`AutoIndex` (the CPU default for large key sets): both of the paths below over the same keys; each
+  query call goes to whichever is currently faster (timed while running; identical answers, so the choice
+  never changes a run). The tree wins near the data and on structured, low-dimensional keys; the brute force
+  wins when the queries are far from the data in many dimensions (an untrained policy), where the tree
+  degenerates towards a full scan with a pointer chase per row.
 * :class:`BruteForceIndex` (any torch device; the GPU path): chunked ``|x|^2 - 2 x.q + |q|^2`` matmuls in
   ``precision`` (float32 by default, TF32 off) keep a running top-``K`` of approximate distances per query;
   the ``K`` candidates are re-ranked with the exact float64 distance. A rigorous bound on the matmul's
@@ -31,7 +36,10 @@ Two backends, one definition:
   centred on their mean), certifies the answer when the ``k``-th exact candidate is closer than the
   ``K``-th approximate distance minus ``err``. For uncertified queries (rare; one host sync per query
   call checks for them) every row whose approximate distance is within ``2 err`` of the candidate is
-  re-checked exactly, so cancellation can never pick a wrong neighbour.
+  re-checked exactly, so cancellation can never pick a wrong neighbour. For ``k = 1`` on the CPU the running
+  top-``K`` is replaced by the two smallest approximate distances per chunk (two SIMD ``argmin`` passes over a
+  reused buffer; a CPU top-K costs more than the matmul); the same certificate then uses the second-smallest
+  approximate distance of all other rows.
 """
 
 from __future__ import annotations
@@ -46,11 +54,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "BACKENDS", "BruteForceIndex", "KNNIndex", "TreeIndex", "brute_force_reference", "build_index", "exact_sq_dist",
+    "AUTO_MIN_ROWS", "AutoIndex", "BACKENDS", "BruteForceIndex", "KNNIndex", "TreeIndex", "brute_force_reference", "build_index", "exact_sq_dist",
     "kth_in_rows",
 ]
 
 BACKENDS = ("auto", "tree", "brute")
+AUTO_MIN_ROWS = 50_000  # below this the tree costs ~1 ms per 256 keys: auto keeps the tree alone
 
 
 def exact_sq_dist(rows: Tensor | np.ndarray, queries: Tensor | np.ndarray) -> Tensor | np.ndarray:
@@ -289,6 +298,9 @@ class BruteForceIndex(KNNIndex):
         b, n = q32.shape[0], self.num_rows
         qc = q32.to(self.dtype) - self.center
         q_sq = (qc * qc).sum(1)
+        if k == 1 and self.device.type == "cpu" and n > 1:
+            i_1, d_1 = self._nearest_cpu(q32, qc, q_sq)
+            return i_1.to(device), d_1.to(device)
         cand = min(max(self.candidates, k + 1), n)
         with _ieee_matmul():
             best_d = torch.empty(b, 0, dtype=self.dtype, device=self.device)
@@ -317,6 +329,53 @@ class BruteForceIndex(KNNIndex):
                 i_k = i_k.index_put((bad,), i_bad)
         return i_k.to(device), d_k.to(device)
 
+    def _nearest_cpu(self, q32: Tensor, qc: Tensor, q_sq: Tensor) -> tuple[Tensor, Tensor]:
+        """``k = 1`` on the CPU: per chunk only the two smallest approximate distances per query (numpy's SIMD
+        ``argmin`` twice; a top-K is ~5x slower on the CPU), written into one reused buffer.
+
+        The candidate is the approximate argmin; every other row's approximate distance is >= ``second``, the
+        smaller of the winning chunk's second minimum and the other chunks' minima. The answer is certified when
+        ``second - err`` exceeds the candidate's exact distance (every other row is then strictly farther);
+        other queries get the exact re-check of :meth:`_recheck`."""
+        b, n, c = q32.shape[0], self.num_rows, self.chunk_rows
+        chunks = -(-n // c)
+        buf = torch.empty(b, min(c, n), dtype=self.dtype)
+        view = buf.numpy()
+        mins = np.empty((2, b, chunks), dtype=view.dtype)
+        args = np.empty((b, chunks), dtype=np.int64)
+        rows = np.arange(b)
+        with _ieee_matmul():
+            for j in range(chunks):
+                start, stop = j * c, min((j + 1) * c, n)
+                out = buf[:, : stop - start]
+                torch.addmm(self.sq_norms[start:stop].unsqueeze(0), qc, self.centered[start:stop].t(),
+                            beta=1.0, alpha=-2.0, out=out)
+                v = view[:, : stop - start]
+                i = v.argmin(1)
+                args[:, j] = i + start
+                mins[0, :, j] = v[rows, i]
+                if stop - start > 1:
+                    v[rows, i] = np.inf
+                    mins[1, :, j] = v[rows, v.argmin(1)]
+                else:
+                    mins[1, :, j] = np.inf
+        win = mins[0].argmin(1)
+        cand = torch.from_numpy(args[rows, win])
+        second = mins[1, rows, win].astype(np.float64)
+        if chunks > 1:
+            mins[0, rows, win] = np.inf
+            second = np.minimum(second, mins[0].min(1))
+        d_c = exact_sq_dist(self.keys[cand], q32)
+        q_sq64 = q_sq.to(torch.float64)
+        err = self.err_coef * (self.max_norm + q_sq64.sqrt()).square()
+        certified = d_c < torch.from_numpy(second) + q_sq64 - err
+        if not bool(certified.all()):
+            bad = (~certified).nonzero().squeeze(1)
+            d_bad, i_bad = self._recheck(q32[bad], qc[bad], q_sq[bad], d_c[bad] + 2 * err[bad], 1)
+            d_c = d_c.index_put((bad,), d_bad)
+            cand = cand.index_put((bad,), i_bad)
+        return cand, d_c
+
     def _recheck(self, q32: Tensor, qc: Tensor, q_sq: Tensor, threshold: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Exact k-th neighbour among every row whose approximate distance is <= ``threshold``.
 
@@ -335,6 +394,64 @@ class BruteForceIndex(KNNIndex):
         return _kth_in_groups(group, dist, idx, k, q32.shape[0])
 
 
+class AutoIndex(KNNIndex):
+    """CPU default: the tree and the brute force over the same keys, each query answered by whichever is faster now.
+
+    Both give the same answer (the definition above), so the choice only changes the speed, never a run. The brute
+    force's cost is fixed (every row, every query) and measured once at build on dataset keys; the tree's grows with
+    the distance between the queries and the data (PRDC: as pi(s) leaves the dataset), so it is timed on every call
+    it serves. While the tree is faster it serves; once its running time exceeds the brute force's, the brute force
+    serves and the tree is re-tried after ``probe`` calls, doubling the wait (up to 256) each time it is still
+    slower, so that a probe costs at most a few percent."""
+
+    backend = "auto"
+
+    def __init__(self, tree: "TreeIndex", brute: "BruteForceIndex", probe_keys: Tensor) -> None:
+        super().__init__(brute.keys[:1])
+        self.num_rows, self.dim = tree.num_rows, tree.dim
+        self.tree, self.brute = tree, brute
+        start = time.perf_counter()
+        brute.query(probe_keys)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        brute.query(probe_keys)
+        self.brute_time = min(first, time.perf_counter() - start)  # per call of probe_keys.shape[0] queries
+        self.probe_rows = int(probe_keys.shape[0])
+        self.tree_time: float | None = None
+        self.using = "tree"
+        self.wait, self.calls_since_probe = 4, 0
+        self.served = {"tree": 0, "brute": 0}
+
+    def _brute_seconds(self, b: int) -> float:
+        return self.brute_time * b / self.probe_rows
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.using == "brute" and self.calls_since_probe < self.wait:
+            self.calls_since_probe += 1
+            self.served["brute"] += 1
+            start = time.perf_counter()
+            out = self.brute.query(queries, k, upper_bound)
+            self.brute_time = 0.9 * self.brute_time + 0.1 * (time.perf_counter() - start) * self.probe_rows / max(
+                queries.shape[0], 1)
+            return out
+        start = time.perf_counter()
+        out = self.tree.query(queries, k, upper_bound)
+        elapsed = time.perf_counter() - start
+        self.served["tree"] += 1
+        probing = self.using == "brute"
+        self.tree_time = elapsed if (self.tree_time is None or probing) else 0.7 * self.tree_time + 0.3 * elapsed
+        slower = self.tree_time > 1.1 * self._brute_seconds(queries.shape[0])
+        if probing:
+            self.calls_since_probe = 0
+            if slower:
+                self.wait = min(2 * self.wait, 256)
+            else:
+                self.using, self.wait = "tree", 4
+        elif slower:
+            self.using, self.calls_since_probe = "brute", 0
+        return out
+
+
 def build_index(
     keys: Tensor,
     backend: str = "auto",
@@ -344,12 +461,21 @@ def build_index(
     candidates: int = 16,
     precision: str = "float32",
 ) -> KNNIndex:
-    """Exact index over ``keys`` (float32, (N, D)): ``auto`` is the brute-force path on CUDA, the tree elsewhere."""
+    """Exact index over ``keys`` (float32, (N, D)): ``auto`` is the brute-force path on CUDA and, on the CPU, an
+    :class:`AutoIndex` over both paths (the tree alone for small key sets, where it always wins)."""
     if backend not in BACKENDS:
         raise ValueError(f"nearest-neighbour backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device) if device is not None else keys.device
     if backend == "auto":
-        backend = "brute" if dev.type == "cuda" else "tree"
+        if dev.type == "cuda":
+            backend = "brute"
+        elif keys.shape[0] < AUTO_MIN_ROWS:
+            backend = "tree"
+        else:
+            tree = TreeIndex(keys, workers=workers)
+            brute = BruteForceIndex(keys, device=dev, chunk_rows=chunk_rows, candidates=candidates, precision=precision)
+            probe = keys[torch.randint(0, keys.shape[0], (256,), generator=torch.Generator().manual_seed(0))]
+            return AutoIndex(tree, brute, probe.to(dev) + 0.5)
     if backend == "tree":
         return TreeIndex(keys, workers=workers)
     return BruteForceIndex(keys, device=dev, chunk_rows=chunk_rows, candidates=candidates, precision=precision)
