@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's rlreg, not an installed one
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rlreg.agents import build_agent  # noqa: E402

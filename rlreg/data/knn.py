@@ -144,8 +144,12 @@ class TreeIndex(KNNIndex):
 
     backend = "tree"
 
-    def __init__(self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0) -> None:
-        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); never changes results."""
+    def __init__(
+        self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0, spacing: bool = True
+    ) -> None:
+        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); ``spacing``: precompute
+        each row's nearest-other-row distance for the k=1 tie check (one self-search at build). Neither changes
+        results."""
         from scipy.spatial import cKDTree
 
         super().__init__(keys)
@@ -165,6 +169,11 @@ class TreeIndex(KNNIndex):
             self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30)
             times.append(time.perf_counter() - start)
         self._call_time = max(sorted(times)[2], 1e-6)
+        # distance from each row to its nearest other row (0 for duplicated rows): the k=1 tie check
+        self.spacing: np.ndarray | None = None
+        if spacing and self.num_rows > 1:
+            d = self.tree.query(self._keys_np.astype(np.float64), k=2, workers=workers or torch.get_num_threads())[0]
+            self.spacing = np.asarray(d[:, 1], dtype=np.float64) * (1 - 1e-9)  # a lower bound despite rounding
 
     def _num_groups(self, b: int) -> int:
         """Groups of similar bounds per query call. Fewer groups waste search on the loosest bound of a group,
@@ -175,29 +184,13 @@ class TreeIndex(KNNIndex):
         if self._search_time is None:
             return min(16, b)
         return int(min(max(round(math.sqrt(self._search_time / self._call_time)), 1), 64, b))
-    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
-        prunes the search (a wrong claim costs a second search, never a wrong answer)."""
-        self._check_queries(queries, k)
-        device = queries.device
-        q32 = queries.detach().to("cpu", torch.float32)
-        q64 = q32.numpy().astype(np.float64)
-        if not np.isfinite(q64).all():
-            raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
+    def _grouped(self, q64: np.ndarray, kk: int, bound: np.ndarray, workers: int) -> tuple[np.ndarray, ...]:
+        """``kk``-NN searches in groups of similar bounds (scipy takes one scalar bound per call), each pruned at
+        its group's largest bound: distances and indices ``(b, kk)`` (inf / N past the bound) and the limit used."""
         b = q64.shape[0]
-        workers = self.workers or torch.get_num_threads()
-        if upper_bound is None:
-            bound = np.asarray(self.tree.query(q64, k=[k], workers=workers)[0], dtype=np.float64).reshape(b)
-        else:
-            bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
-            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
-        out_i = np.empty(b, dtype=np.int64)
-        kk = min(k + 1, self.num_rows)
         dist = np.empty((b, kk), dtype=np.float64)
         idx = np.empty((b, kk), dtype=np.int64)
         limit = np.empty(b, dtype=np.float64)
-        # One (k+1)-NN search per group of queries with similar bounds, pruned at the group's bound (scipy takes
-        # a scalar): it finds the k nearest and shows that the (k+1)-th is strictly farther (no tie), or not.
         order = np.argsort(bound)
         groups = self._num_groups(b)
         edges = np.arange(groups + 1) * b // groups
@@ -210,6 +203,52 @@ class TreeIndex(KNNIndex):
                 dist[sel], idx[sel] = np.reshape(d, (sel.size, kk)), np.reshape(i, (sel.size, kk))
         elapsed = time.perf_counter() - start
         self._search_time = elapsed if self._search_time is None else 0.5 * (self._search_time + elapsed)
+        return dist, idx, limit
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
+        prunes the search (a wrong claim costs a second search, never a wrong answer)."""
+        self._check_queries(queries, k)
+        device = queries.device
+        q32 = queries.detach().to("cpu", torch.float32)
+        q64 = q32.numpy().astype(np.float64)
+        if not np.isfinite(q64).all():
+            raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
+        b = q64.shape[0]
+        workers = self.workers or torch.get_num_threads()
+        out_i = np.empty(b, dtype=np.int64)
+        todo = np.arange(b)
+        if upper_bound is None:
+            bound = np.full(b, np.inf)
+        else:
+            bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
+            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
+        if k == 1 and self.spacing is not None:
+            # The plain nearest-neighbour search (what KDTree.query(k=1) does), then a tie check for free where
+            # the row found is isolated: another row at the same distance d from the query would be within 2d
+            # of it (triangle inequality), but the nearest other row is farther (``spacing``, from the build).
+            d1, i1 = (a[:, 0] for a in self._grouped(q64, 1, bound, workers)[:2])
+            found = np.isfinite(d1)
+            isolated = found & (self.spacing[np.minimum(i1, self.num_rows - 1)] > 2 * d1 * (1 + 4e-9) + 1e-30)
+            out_i[isolated] = i1[isolated]
+            todo = np.flatnonzero(~isolated)
+            bound = np.where(found, d1, bound)[todo]  # a row at d1 exists: the nearest is at most that far
+        if todo.size:
+            out_i[todo] = self._certified(q32[torch.from_numpy(todo)], q64[todo], k, bound, workers)
+        sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
+        return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
+
+    def _certified(self, q32: Tensor, q64: np.ndarray, k: int, bound: np.ndarray, workers: int) -> np.ndarray:
+        """The k-th neighbour by a bounded (k+1)-NN search that shows the (k+1)-th is strictly farther, with an
+        exact ranking of every row within the k-th distance where it does not (ties, or a wrong bound)."""
+        b = q64.shape[0]
+        out_i = np.empty(b, dtype=np.int64)
+        if not np.isfinite(bound).all():  # no (usable) bound: the k-th distance from a plain k-NN search
+            free = ~np.isfinite(bound)
+            bound = bound.copy()
+            bound[free] = np.asarray(self.tree.query(q64[free], k=[k], workers=workers)[0], np.float64).reshape(-1)
+        kk = min(k + 1, self.num_rows)
+        dist, idx, limit = self._grouped(q64, kk, bound, workers)
         # the k-th is well inside the searched radius, so any row tied with it (up to the tree's float64
         # rounding, ~1e-16 relative) was searched too; inf (fewer than k rows within a wrong bound) fails
         reach = dist[:, k - 1] * (1 + 1e-9) + 1e-30
@@ -234,8 +273,7 @@ class TreeIndex(KNNIndex):
             group = torch.repeat_interleave(torch.arange(rest.size), counts)
             exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(rest)][group])
             out_i[rest] = _kth_in_groups(group, exact, rows, k, rest.size)[1].numpy()
-        sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
-        return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
+        return out_i
 
 
 @contextlib.contextmanager
