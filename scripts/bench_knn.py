@@ -215,7 +215,15 @@ def main() -> None:
                         for _ in range(6):
                             index.query(q, upper_bound=hint)
                         index.served = {"tree": 0, "brute": 0}
-                    secs, out = timed(lambda: index.query(q, upper_bound=hint), args.seconds)  # noqa: B023
+                    tree = index.tree if isinstance(index, AutoIndex) else index
+                    spacing = getattr(tree, "spacing", None)
+
+                    def call():  # type: ignore[no-untyped-def]
+                        if spacing is not None:  # every answer row new (pessimistic): its tie-check spacing is computed
+                            spacing[:] = np.nan
+                        return index.query(q, upper_bound=hint)  # noqa: B023
+
+                    secs, out = timed(call, args.seconds)
                     idx, sq = out  # type: ignore[misc]
                     answers[path] = idx.cpu()
                     official = secs if path == "kdtree-official" else official
