@@ -21,7 +21,8 @@ Every query's answer is cross-checked between the paths that ran (they must agre
 data, 100k rows) and reports, per window, the query time per actor step (the policy's own keys as it
 trains) beside the time of a TD3+BC update on the same buffer.
 
-``official / this``: the official KDTree's median query time over this path's, in the same run (> 1: faster than
+``official / this``: the official KDTree's median query time over this path's, the paths taking turns call by
+call in the same run (> 1: faster than
 the official search). ``auto (tree n, brute m)``: how many timed calls each path served.
 """
 
@@ -157,7 +158,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads = tree query workers")
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per (case, path), at least one query")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per (case, path), at least 3 rounds")
+    parser.add_argument("--rounds", type=int, default=15, help="at most this many interleaved calls per path")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS),
                         default=["kdtree-official", "auto", "tree", "brute-cpu"]
                         + (["brute-cuda"] if torch.cuda.is_available() else []))
@@ -209,22 +211,30 @@ def main() -> None:
                 query = torch.from_numpy(np.concatenate([s[rows] * np.float32(args.beta), p], 1))
                 hint = torch.from_numpy(np.linalg.norm(p.astype(np.float64) - a[rows], axis=1))
                 answers, official = {}, None
+                calls = {}
                 for path, index in indexes.items():
                     q = query.to("cuda") if path == "brute-cuda" else query
+
+                    def call(index=index, q=q):  # type: ignore[no-untyped-def]
+                        return index.query(q, upper_bound=hint)
+
+                    calls[path] = call
                     if isinstance(index, AutoIndex):  # steady state for this kind of query: let it settle first
                         for _ in range(6):
-                            index.query(q, upper_bound=hint)
+                            call()
                         index.served = {"tree": 0, "brute": 0}
-                    tree = index.tree if isinstance(index, AutoIndex) else index
-                    spacing = getattr(tree, "spacing", None)
-
-                    def call():  # type: ignore[no-untyped-def]
-                        if spacing is not None:  # every answer row new (pessimistic): its tie-check spacing is computed
-                            spacing[:] = np.nan
-                        return index.query(q, upper_bound=hint)  # noqa: B023
-
-                    secs, out = timed(call, args.seconds)
-                    idx, sq = out  # type: ignore[misc]
+                # the paths take turns, one call each per round: a load change on a shared machine hits all of them
+                times: dict[str, list[float]] = {path: [] for path in calls}
+                start = time.perf_counter()
+                while len(times[args.paths[0]]) < args.rounds and (
+                        len(times[args.paths[0]]) < 3 or time.perf_counter() - start < args.seconds * len(calls)):
+                    for path, call in calls.items():
+                        secs, out = timed(call, 0.0)
+                        times[path].append(secs)
+                        answers[path] = out
+                for path, index in indexes.items():
+                    secs = statistics.median(times[path])
+                    idx, sq = answers[path]  # type: ignore[misc]
                     answers[path] = idx.cpu()
                     official = secs if path == "kdtree-official" else official
                     per_update = secs * 1e3 / 2

@@ -14,11 +14,7 @@ relative, are ordered by our fixed summation order; KDTree's unrolled sum may ro
 Two backends, one definition:
 
 * :class:`TreeIndex` (CPU): ``scipy.spatial.cKDTree`` over the keys (float64; sliding-midpoint build, about
-  a second for 1M x 23). For ``k = 1`` first the plain nearest-neighbour search (what ``KDTree.query(k=1)``
-  does, pruned by the hint): its row ``x`` at distance ``d`` is the answer without further search when the
-  nearest *other* row to ``x`` is farther than ``2 d`` (a row tied with ``x`` would be within ``2 d`` of it;
-  these spacings are computed once per row, when the row first comes up as an answer). Otherwise (and for
-  ``k > 1``) one ``(k+1)``-NN search per query, pruned at a bound on the k-th distance: the
+  a second for 1M x 23). One ``(k+1)``-NN search per query, pruned at a bound on the k-th distance: the
   caller's hint (PRDC: the batch row's own key is in the index) or, without one, a plain k-NN search
   first. The search returns the k nearest and shows that the ``(k+1)``-th is strictly farther (more than
   1e-9 relative, far above the tree's float64 rounding), so the answer is the k-th of them in the order
@@ -148,12 +144,8 @@ class TreeIndex(KNNIndex):
 
     backend = "tree"
 
-    def __init__(
-        self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0, spacing: bool = True
-    ) -> None:
-        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); ``spacing``: the k=1 tie
-        check from each answer row's nearest-other-row distance (else a bounded 2-NN search). Neither changes
-        results."""
+    def __init__(self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0) -> None:
+        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); never changes results."""
         from scipy.spatial import cKDTree
 
         super().__init__(keys)
@@ -173,10 +165,6 @@ class TreeIndex(KNNIndex):
             self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30)
             times.append(time.perf_counter() - start)
         self._call_time = max(sorted(times)[2], 1e-6)
-        # distance from each row to its nearest other row (0 for duplicated rows; NaN: not computed yet), for
-        # the k=1 tie check; filled on demand for the rows that come up as answers (a search near the data,
-        # the cheapest kind, for at most one batch of rows per call)
-        self.spacing: np.ndarray | None = np.full(self.num_rows, np.nan) if spacing and self.num_rows > 1 else None
 
     def _num_groups(self, b: int) -> int:
         """Groups of similar bounds per query call. Fewer groups waste search on the loosest bound of a group,
@@ -219,36 +207,14 @@ class TreeIndex(KNNIndex):
             raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
         b = q64.shape[0]
         workers = self.workers or torch.get_num_threads()
-        out_i = np.empty(b, dtype=np.int64)
-        todo = np.arange(b)
         if upper_bound is None:
             bound = np.full(b, np.inf)
         else:
             bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
             bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
-        if k == 1 and self.spacing is not None:
-            # The plain nearest-neighbour search (what KDTree.query(k=1) does), then a tie check for free where
-            # the row found is isolated: another row at the same distance d from the query would be within 2d
-            # of it (triangle inequality), but the nearest other row is farther (``spacing``, from the build).
-            d1, i1 = (a[:, 0] for a in self._grouped(q64, 1, bound, workers)[:2])
-            found = np.isfinite(d1)
-            rows = np.where(found, i1, 0)
-            self._fill_spacing(np.unique(rows[found]), workers)
-            isolated = found & (self.spacing[rows] > 2 * d1 * (1 + 4e-9) + 1e-30)
-            out_i[isolated] = i1[isolated]
-            todo = np.flatnonzero(~isolated)
-            bound = np.where(found, d1, bound)[todo]  # a row at d1 exists: the nearest is at most that far
-        if todo.size:
-            out_i[todo] = self._certified(q32[torch.from_numpy(todo)], q64[todo], k, bound, workers)
+        out_i = self._certified(q32, q64, k, bound, workers)
         sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
         return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
-
-    def _fill_spacing(self, rows: np.ndarray, workers: int) -> None:
-        assert self.spacing is not None
-        rows = rows[np.isnan(self.spacing[rows])]
-        if rows.size:
-            d = self.tree.query(self._keys_np[rows].astype(np.float64), k=2, workers=workers)[0]
-            self.spacing[rows] = d[:, 1] * (1 - 1e-9)  # a lower bound despite the tree's rounding
 
     def _certified(self, q32: Tensor, q64: np.ndarray, k: int, bound: np.ndarray, workers: int) -> np.ndarray:
         """The k-th neighbour by a bounded (k+1)-NN search that shows the (k+1)-th is strictly farther, with an
