@@ -2,6 +2,7 @@
 
     python scripts/bench_updates.py                      # all agents, CPU (and CUDA when present)
     python scripts/bench_updates.py --agents td3bc sacn --devices cpu --seconds 20
+    python scripts/bench_updates.py --agents td3bc --seeds 1 2 4 8 16     # K seeds in one process
 
 Sampling from the device-resident buffer is included in the timing, as in
 ``shared/reference/official_speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
@@ -11,6 +12,7 @@ with this machine's float32 matmul rate (a 256x256x256 matmul loop), giving the 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -101,6 +103,64 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
     return {"upd_s": n / (time.perf_counter() - start), "mflop": flops / 1e6}
 
 
+def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, seconds: float, k: int) -> float:
+    """Seed-updates per second of ``k`` copies trained as one :class:`rlreg.seeds.SeedStack` (sampling included)."""
+    from conftest import compose
+
+    from rlreg.seeds import SeedStack
+
+    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
+    buffer = OfflineBuffer(data, device=device)
+    learners = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        learners.append(build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer))
+    stack = SeedStack(learners)
+    gens = [torch.Generator(device=device).manual_seed(seed) for seed in range(k)]
+
+    def step(i: int) -> None:
+        stack.update(SeedStack.sample(buffer, 256, gens), i, gens)
+
+    for i in range(1, 21):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    n, i, start = 0, 21, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            step(i)
+            i += 1
+        n += 10
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return k * n / (time.perf_counter() - start)
+
+
+def seeds_table(args: argparse.Namespace, data: TransitionDataset) -> None:
+    """K-seed scaling: seed-updates/s of one K-copy stack vs K x one seed's updates/s, the K values taking turns
+    (``--rounds`` rounds, median) so that a change of load on a shared machine hits all of them."""
+    import statistics
+
+    for dev_name in args.devices:
+        device = torch.device(dev_name)
+        for agent in args.agents:
+            rates: dict[int, list[float]] = {k: [] for k in args.seeds}
+            single: list[float] = []
+            for _ in range(args.rounds):
+                single.append(bench(agent, device, data, args.seconds)["upd_s"])
+                for k in args.seeds:
+                    rates[k].append(bench_seeds(agent, device, data, args.seconds, k))
+            one = statistics.median(single)
+            print(f"\n## {agent} on {dev_name}: K seeds in one process (rlreg.seeds.SeedStack), median of "
+                  f"{args.rounds} interleaved rounds of {args.seconds:g} s\n")
+            print(f"one seed, plain learner: {one:.1f} upd/s\n")
+            print("| K | seed-updates/s | per seed upd/s | vs K x one seed |")
+            print("|---|---|---|---|")
+            for k in args.seeds:
+                r = statistics.median(rates[k])
+                print(f"| {k} | {r:.1f} | {r / k:.1f} | {r / (k * one):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
@@ -108,9 +168,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
+                        help="K-seed scaling instead: seed-updates/s of K copies in one process (TD3 family)")
+    parser.add_argument("--rounds", type=int, default=3, help="--seeds: interleaved rounds (median)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_dataset(args.rows)
+    if args.seeds:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        load = os.getloadavg()[0]
+        print(f"# rlreg bench_updates --seeds: commit {commit.stdout.strip()}, torch {torch.__version__}, "
+              f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {load:.1f}, batch 256, {args.rows} rows")
+        seeds_table(args, data)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"# rlreg bench_updates: commit {commit.strip()}, torch {torch.__version__}, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, batch 256, {args.rows} rows")
