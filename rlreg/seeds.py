@@ -34,7 +34,9 @@ from rlreg.nets import polyak_update_
 from rlreg.regularizers.base import ActorContext, CriticContext
 
 NETS = ("actor", "critic", "actor_target", "critic_target")
-STATELESS_REGULARIZERS = ("bc",)  # loss terms only: safe to evaluate under vmap
+# loss terms only, from the batch and the learner's outputs (not the step: the contexts get step 0, so that a
+# compiled update is not specialised on it): safe to evaluate under vmap
+STATELESS_REGULARIZERS = ("bc",)
 
 
 def check_supported(learner: nn.Module) -> None:
@@ -60,7 +62,9 @@ class SeedStack:
     """K copies of one TD3-family learner, updated together. ``learners[k]`` must be built exactly as the single
     run with seed ``seeds[k]`` builds it (same config); they are left untouched until :meth:`write_back`."""
 
-    def __init__(self, learners: Sequence[TD3Learner]) -> None:
+    def __init__(self, learners: Sequence[TD3Learner], compile: bool = False) -> None:
+        """``compile``: ``torch.compile`` the vmapped critic and actor losses (forward and backward; no graph
+        breaks: the target noise is drawn outside them). The eager path is the oracle (tests/test_seeds.py)."""
         if not learners:
             raise ValueError("seeds: need at least one learner")
         for learner in learners:
@@ -85,6 +89,12 @@ class SeedStack:
             "actor": adam(list(self.params["actor"].values()), self.config.actor_lr),
             "critic": adam(list(self.params["critic"].values()), self.config.critic_lr),
         }
+        self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
+        self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
+        if compile:
+            self._critic_losses = torch.compile(self._critic_losses, fullgraph=True, dynamic=False)
+            self._actor_losses = torch.compile(self._actor_losses, fullgraph=True, dynamic=False)
+        self.buffers_one = {name: {k: v[0] for k, v in b.items()} for name, b in self.buffers.items()}
         self._online = [*self.params["actor"].values(), *self.params["critic"].values()]
         self._target = [*self.params["actor_target"].values(), *self.params["critic_target"].values()]
 
@@ -145,15 +155,14 @@ class SeedStack:
         cfg = self.config
         if len(generators) != self.k:
             raise ValueError(f"seeds: {self.k} copies need {self.k} generators, got {len(generators)}")
-        self.buffers_one = {name: {k: v[0] for k, v in b.items()} for name, b in self.buffers.items()}
         p = self.params
         act_dim = batch.actions.shape[-1]
         noise = torch.stack([torch.randn((batch.actions.shape[1], act_dim), device=batch.actions.device,
                                          generator=g) for g in generators]) if cfg.target_noise > 0 else \
             torch.zeros(self.k, batch.actions.shape[1], act_dim, device=batch.actions.device)
         frozen = {n: {k: v.detach() for k, v in p[n].items()} for n in ("actor_target", "critic_target")}
-        losses, metrics = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))(
-            p["critic"], frozen["actor_target"], frozen["critic_target"], batch, noise, step)
+        losses, metrics = self._critic_losses(p["critic"], frozen["actor_target"], frozen["critic_target"], batch,
+                                              noise, 0)
         critic_params = list(p["critic"].values())
         grads = torch.autograd.grad(losses.sum(), critic_params)
         for param, grad in zip(critic_params, grads):
@@ -163,7 +172,7 @@ class SeedStack:
             param.grad = None
         if step % cfg.policy_freq == 0:
             critic = {k: v.detach() for k, v in p["critic"].items()}  # no critic weight gradients in the actor step
-            losses, actor_metrics = vmap(self._actor_loss, in_dims=(0, 0, 0, None))(p["actor"], critic, batch, step)
+            losses, actor_metrics = self._actor_losses(p["actor"], critic, batch, 0)
             actor_params = list(p["actor"].values())
             grads = torch.autograd.grad(losses.sum(), actor_params)
             for param, grad in zip(actor_params, grads):
