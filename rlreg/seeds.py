@@ -89,6 +89,8 @@ class SeedStack:
             "actor": adam(list(self.params["actor"].values()), self.config.actor_lr),
             "critic": adam(list(self.params["critic"].values()), self.config.critic_lr),
         }
+        for opt_name, stacked in self.optimizers.items():  # resumed learners: their Adam moments, stacked
+            self._read_optimizer(stacked, opt_name)
         self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
         self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
         if compile:
@@ -197,6 +199,18 @@ class SeedStack:
                         value.copy_(self.buffers[name][key][k])
                 for opt_name, stacked in self.optimizers.items():
                     self._write_optimizer(stacked, learner.optimizers[opt_name], opt_name, k)
+
+    def _read_optimizer(self, stacked: torch.optim.Optimizer, name: str) -> None:
+        singles = [learner.optimizers[name] for learner in self.learners]
+        nets = [list(getattr(learner, name).parameters()) for learner in self.learners]
+        for j, sp in enumerate(self.params[name].values()):
+            states = [opt.state.get(params[j]) for opt, params in zip(singles, nets)]
+            if all(st is None or not st for st in states):
+                continue
+            if any(st is None or not st for st in states):
+                raise ValueError("seeds: some copies have optimizer state and some do not (runs at different steps?)")
+            stacked.state[sp] = {key: (torch.stack([st[key] for st in states]) if states[0][key].dim() > 0
+                                       else states[0][key].clone()) for key in states[0]}
 
     def _write_optimizer(self, stacked: torch.optim.Optimizer, single: torch.optim.Optimizer, name: str,
                          k: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,45 @@ def test_compiled_update_agrees_with_the_eager_oracle() -> None:
     for name, params in eager.params.items():
         for key, value in params.items():
             torch.testing.assert_close(compiled.params[name][key], value, atol=ATOL, rtol=RTOL, msg=f"{name}.{key}")
+
+
+def test_k_seed_training_writes_k_ordinary_runs(tmp_path, pendulum_dataset) -> None:  # type: ignore[no-untyped-def]
+    """``seeds=[1,2]`` in one process vs the two single runs: same run directories' layout, metrics rows and
+    final networks (to the float32 tolerance above), and each K-seed run resumes as a single run."""
+    from conftest import pendulum_offline_overrides, run_config
+
+    from rlreg.checkpoint import latest_checkpoint, load_checkpoint
+    from rlreg.logging import read_metrics
+    from rlreg.trainers import derive_run_dir, train
+    from rlreg.trainers.seeds import seed_runs, train_seeds
+
+    base = pendulum_offline_overrides(pendulum_dataset) + [
+        "trainer.total_steps=30", "trainer.log_every=5", "trainer.eval_every=15", "trainer.eval_episodes=1",
+        "trainer.checkpoint_every=15", "trainer.batch_size=32", "agent.actor_hidden=[32,32]",
+        "agent.critic_hidden=[32,32]",
+    ]
+    together = run_config(base + ["tag=together"], tmp_path)
+    summaries = train_seeds(seed_runs(together, [1, 2]), announce=False)
+    assert [s["steps"] for s in summaries] == [30, 30]
+    for seed, summary in zip((1, 2), summaries):
+        single = run_config(base + ["tag=alone", f"seed={seed}"], tmp_path)
+        train(single, announce=False)
+        a_dir, b_dir = derive_run_dir(single), derive_run_dir(dataclasses.replace(together, seed=seed))
+        assert summary["run_dir"] == str(b_dir) and b_dir.name == f"seed{seed}"
+        rows_a, rows_b = read_metrics(a_dir / "metrics.jsonl"), read_metrics(b_dir / "metrics.jsonl")
+        assert [(r["step"], r["kind"], sorted(r)) for r in rows_a] == [(r["step"], r["kind"], sorted(r)) for r in rows_b]
+        for ra, rb in zip(rows_a, rows_b):
+            for key, value in ra.items():
+                if isinstance(value, float) and key != "time":
+                    assert rb[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (key, ra["step"])
+        sa = load_checkpoint(latest_checkpoint(a_dir))
+        sb = load_checkpoint(latest_checkpoint(b_dir))
+        assert sa["step"] == sb["step"] == 30
+        for key, value in sa["learner"]["networks"].items():
+            torch.testing.assert_close(sb["learner"]["networks"][key], value, atol=ATOL, rtol=RTOL, msg=key)
+        # the run's own generator drew exactly what the single run drew
+        assert torch.equal(sa["rng"]["generators"]["train"], sb["rng"]["generators"]["train"])
+    # a K-seed run dir is an ordinary run: extend seed 2 alone by 10 steps
+    more = dataclasses.replace(together, seed=2)
+    more = dataclasses.replace(more, trainer=dataclasses.replace(more.trainer, total_steps=40))
+    assert train(more, announce=False)["steps"] == 40
