@@ -138,3 +138,13 @@ def test_k_seed_training_writes_k_ordinary_runs(tmp_path, pendulum_dataset) -> N
     more = dataclasses.replace(together, seed=2)
     more = dataclasses.replace(more, trainer=dataclasses.replace(more.trainer, total_steps=40))
     assert train(more, announce=False)["steps"] == 40
+    # ... and K-seed training resumes from single-run checkpoints (the Adam moments are stacked back in)
+    longer = dataclasses.replace(together, trainer=dataclasses.replace(together.trainer, total_steps=40))
+    train_seeds(seed_runs(longer, [1]), announce=False)
+    alone = run_config(base + ["tag=alone", "seed=1", "trainer.total_steps=40"], tmp_path)
+    train(alone, announce=False)
+    sa = load_checkpoint(latest_checkpoint(derive_run_dir(alone)))
+    sb = load_checkpoint(latest_checkpoint(derive_run_dir(dataclasses.replace(longer, seed=1))))
+    assert sa["step"] == sb["step"] == 40
+    for key, value in sa["learner"]["networks"].items():
+        torch.testing.assert_close(sb["learner"]["networks"][key], value, atol=ATOL, rtol=RTOL, msg=key)
