@@ -173,16 +173,15 @@ def test_auto_index_switches_to_the_faster_path_and_backs_off() -> None:
     q = torch.as_tensor(rng.standard_normal((40, 5)).astype(np.float32))
     auto = AutoIndex(TreeIndex(keys), BruteForceIndex(keys), keys[:8])
     ref = brute_force_reference(keys.numpy(), q.numpy())[0]
-    auto.brute_time = 1e-12  # the brute force "costs nothing": after one tree call it serves, probing the tree
-    for _ in range(40):       # after 4, 8, 16 calls (still slower each time)
+    cost = {"brute": 1e-12}  # the brute force "costs nothing": after one tree call it serves, probing the tree
+    auto._brute_seconds = lambda b: cost["brute"]  # type: ignore[method-assign]
+    for _ in range(40):  # after 4, 8, 16 calls (still slower each time)
         np.testing.assert_array_equal(auto.query(q)[0].numpy(), ref)
-        auto.brute_time = 1e-12
     assert auto.using == "brute" and auto.served == {"tree": 4, "brute": 36} and auto.wait == 32
-    auto.brute_time = 1e3  # now the brute force "is slow": the next probe of the tree wins and keeps the tree
+    cost["brute"] = 1e3  # now the brute force "is slow": its next call hands back to the tree, which stays
     for _ in range(40):
         np.testing.assert_array_equal(auto.query(q)[0].numpy(), ref)
-        auto.brute_time = 1e3
-    assert auto.using == "tree" and auto.served["tree"] > 4
+    assert auto.using == "tree" and auto.served == {"tree": 43, "brute": 37}
 
 
 def test_bad_input_names_the_problem() -> None:

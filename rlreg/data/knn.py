@@ -443,13 +443,16 @@ class AutoIndex(KNNIndex):
         return self.brute_time * b / self.probe_rows
 
     def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        b = max(int(queries.shape[0]), 1)
         if self.using == "brute" and self.calls_since_probe < self.wait:
             self.calls_since_probe += 1
             self.served["brute"] += 1
             start = time.perf_counter()
             out = self.brute.query(queries, k, upper_bound)
-            self.brute_time = 0.9 * self.brute_time + 0.1 * (time.perf_counter() - start) * self.probe_rows / max(
-                queries.shape[0], 1)
+            # its cost is fixed by the data size, so the latest call is the best estimate (the machine's load moves)
+            self.brute_time = (time.perf_counter() - start) * self.probe_rows / b
+            if self.tree_time is not None and self._brute_seconds(b) > 1.1 * self.tree_time:
+                self.using, self.wait = "tree", 4  # the brute force got slower than the tree last was
             return out
         start = time.perf_counter()
         out = self.tree.query(queries, k, upper_bound)
@@ -457,7 +460,7 @@ class AutoIndex(KNNIndex):
         self.served["tree"] += 1
         probing = self.using == "brute"
         self.tree_time = elapsed if (self.tree_time is None or probing) else 0.7 * self.tree_time + 0.3 * elapsed
-        slower = self.tree_time > 1.1 * self._brute_seconds(queries.shape[0])
+        slower = self.tree_time > 1.1 * self._brute_seconds(b)
         if probing:
             self.calls_since_probe = 0
             if slower:
