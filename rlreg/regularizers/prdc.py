@@ -20,9 +20,11 @@ Deviations from the official code, and why:
   step served by whichever is currently faster (the brute force wins when pi(s) is far from the data in
   many dimensions, where the tree, official or ours, is slowest). All paths return KDTree's neighbour; **exact ties** (e.g. duplicated
   rows) go to the lowest row index, where KDTree's choice depends on its traversal: our tie-break is
-  explicit and the same on both paths, so CPU and GPU runs train on the same targets. On CPU the search
-  costs about what the official query costs (``scripts/bench_knn.py``); like it, it grows steeply with the
-  distance between ``pi(s)`` and the data.
+  explicit and the same on all paths, so CPU and GPU runs train on the same targets. Proving that there is
+  no tie costs the tree search something: on CPU it ran at 0.2-1.2x the official query's speed (cheap
+  near-data queries the worst; ``scripts/bench_knn.py``, ``results/bench_updates.md``); like it, it grows
+  steeply with the distance between ``pi(s)`` and the data, which is where ``auto`` can switch to the
+  constant-cost brute force.
 * Search hint (tree path, ``k = 1``): the batch row's own key ``(beta s, a)`` is in the index, so the
   nearest neighbour is at most ``|pi(s) - a|`` away; that bound prunes the tree search. It cannot change
   the answer (a wrong bound, e.g. online rows during fine-tuning, only costs a second search).
