@@ -10,8 +10,10 @@ stacked state into the K learner objects, so evaluation, checkpoints and run dir
 ordinary runs.
 
 Supported: the TD3 learner (TD3+BC, TD3, DDPG settings) with regularizers that only add loss terms computed
-from the batch and the learner's outputs (``bc``). A regularizer with its own networks, optimizers or search
-structure (SPOT, PRDC, A2PR, BEER) and the SAC family are not supported yet: :func:`check_supported` says so.
+from the batch and the learner's outputs (``bc``), and the SAC learner with ``update_order=sequential``, no
+critic dropout, no policy prior and no regularizers (SAC, SAC-N). A regularizer with its own networks,
+optimizers or search structure (SPOT, PRDC, A2PR, BEER, EDAC's diversity term, RORL), DroQ and
+DemoReg-SAC are not supported yet: :func:`check_supported` says so.
 
 Equivalence: copy k after n updates equals the single run with seed k up to float32 rounding, not bit for bit:
 under ``vmap`` the per-copy matrix products run as one batched product (``bmm``) whose kernel may sum in another
@@ -29,11 +31,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from rlreg.data.buffers import Batch, OfflineBuffer
 from rlreg.learners.base import adam
+from rlreg.learners.sac import SACLearner
 from rlreg.learners.td3 import TD3Learner
 from rlreg.nets import polyak_update_
 from rlreg.regularizers.base import ActorContext, CriticContext
 
-NETS = ("actor", "critic", "actor_target", "critic_target")
+NETS = ("actor", "critic", "actor_target", "critic_target")  # TD3 family; SAC family: no actor_target
 # loss terms only, from the batch and the learner's outputs (not the step: the contexts get step 0, so that a
 # compiled update is not specialised on it): safe to evaluate under vmap
 STATELESS_REGULARIZERS = ("bc",)
@@ -41,9 +44,18 @@ STATELESS_REGULARIZERS = ("bc",)
 
 def check_supported(learner: nn.Module) -> None:
     """Raise a clear error for a learner that K-seed training does not support yet."""
+    if isinstance(learner, SACLearner):
+        cfg = learner.config
+        if cfg.update_order != "sequential" or cfg.critic_dropout > 0 or learner.policy_prior is not None:
+            raise ValueError("seeds: vectorised K-seed training supports SAC with agent.update_order=sequential, "
+                             "no critic dropout and no policy prior (sac, sacn)")
+        if learner.regularizers:
+            raise ValueError(f"seeds: regularizer {learner.regularizers[0].name!r} is not supported by vectorised "
+                             "K-seed training of SAC-family agents")
+        return
     if not isinstance(learner, TD3Learner):
-        raise ValueError(f"seeds: vectorised K-seed training supports TD3-family learners (td3, td3bc), not "
-                         f"{type(learner).__name__}")
+        raise ValueError(f"seeds: vectorised K-seed training supports TD3-family (td3, td3bc) and SAC-family "
+                         f"(sac, sacn) learners, not {type(learner).__name__}")
     cfg = learner.config
     if cfg.actor_dropout > 0 or learner.critic_features:
         raise ValueError("seeds: vectorised K-seed training does not support agent.actor_dropout > 0 or BEER")
@@ -62,7 +74,7 @@ class SeedStack:
     """K copies of one TD3-family learner, updated together. ``learners[k]`` must be built exactly as the single
     run with seed ``seeds[k]`` builds it (same config); they are left untouched until :meth:`write_back`."""
 
-    def __init__(self, learners: Sequence[TD3Learner], compile: bool = False) -> None:
+    def __init__(self, learners: Sequence[TD3Learner | SACLearner], compile: bool = False) -> None:
         """``compile``: ``torch.compile`` the vmapped critic and actor losses (forward and backward; no graph
         breaks: the target noise is drawn outside them). The eager path is the oracle (tests/test_seeds.py)."""
         if not learners:
@@ -76,11 +88,14 @@ class SeedStack:
         self.k = len(learners)
         self.config = first.config
         self.max_action = first.max_action
+        self.target_entropy = getattr(first, "target_entropy", 0.0)
         self.regularizers = first.regularizers  # stateless: the template's objects serve every copy
-        self.bases = {name: _base(getattr(first, name)) for name in NETS}
+        self.sac = isinstance(first, SACLearner)
+        self.nets = tuple(n for n in NETS if not (self.sac and n == "actor_target"))
+        self.bases = {name: _base(getattr(first, name)) for name in self.nets}
         self.params: dict[str, dict[str, Tensor]] = {}
         self.buffers: dict[str, dict[str, Tensor]] = {}
-        for name in NETS:
+        for name in self.nets:
             params, buffers = stack_module_state([getattr(learner, name) for learner in learners])
             for p in params.values():
                 p.requires_grad_(not name.endswith("_target"))
@@ -89,16 +104,27 @@ class SeedStack:
             "actor": adam(list(self.params["actor"].values()), self.config.actor_lr),
             "critic": adam(list(self.params["critic"].values()), self.config.critic_lr),
         }
+        if self.sac:  # the temperatures, one per copy
+            self.params["alpha"] = {"log_alpha": torch.stack([ln.log_alpha.detach() for ln in learners]).requires_grad_()}
+            if "alpha" in first.optimizers:
+                self.optimizers["alpha"] = adam([self.params["alpha"]["log_alpha"]], self.config.alpha_lr)
         for opt_name, stacked in self.optimizers.items():  # resumed learners: their Adam moments, stacked
             self._read_optimizer(stacked, opt_name)
-        self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
-        self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
+        if self.sac:
+            self._critic_losses = vmap(self._sac_critic_loss, in_dims=(0, 0, 0, 0, 0, 0))
+            self._actor_losses = vmap(self._sac_actor_loss, in_dims=(0, 0, 0, 0, 0))
+            self._alpha_losses = vmap(self._sac_alpha_loss, in_dims=(0, 0, 0, 0))
+        else:
+            self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
+            self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
         if compile:
             self._critic_losses = torch.compile(self._critic_losses, fullgraph=True, dynamic=False)
             self._actor_losses = torch.compile(self._actor_losses, fullgraph=True, dynamic=False)
         self.buffers_one = {name: {k: v[0] for k, v in b.items()} for name, b in self.buffers.items()}
-        self._online = [*self.params["actor"].values(), *self.params["critic"].values()]
-        self._target = [*self.params["actor_target"].values(), *self.params["critic_target"].values()]
+        online, target = (("critic",), ("critic_target",)) if self.sac else (("actor", "critic"),
+                                                                              ("actor_target", "critic_target"))
+        self._online = [v for n in online for v in self.params[n].values()]
+        self._target = [v for n in target for v in self.params[n].values()]
 
     # -- data --------------------------------------------------------------------------------------
     @staticmethod
@@ -151,12 +177,80 @@ class SeedStack:
         metrics["actor/loss"] = total.detach()
         return total, metrics
 
+    # -- SAC family (SACLearner, update_order=sequential) ------------------------------------------
+    def _sample(self, actor: dict[str, Tensor], obs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        action, log_prob = self._call("actor", actor, obs, noise=noise)
+        return action, log_prob
+
+    def _sac_alpha_loss(self, log_alpha: Tensor, actor: dict[str, Tensor], obs: Tensor, noise: Tensor) -> Tensor:
+        _, log_prob = self._sample(actor, obs, noise)
+        return -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+
+    def _sac_actor_loss(self, actor: dict[str, Tensor], critic: dict[str, Tensor], alpha: Tensor, batch: Batch,
+                        noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        action, log_prob = self._sample(actor, batch.observations, noise)
+        q = self._call("critic", critic, batch.observations, action)
+        q = q.min(dim=0).values if self.config.actor_q_reduce == "min" else q.mean(dim=0)
+        loss = (alpha * log_prob - q).mean()
+        return loss, {"actor/entropy": -log_prob.detach().mean(), "actor/loss": loss.detach()}
+
+    def _sac_critic_loss(self, critic: dict[str, Tensor], actor: dict[str, Tensor], critic_t: dict[str, Tensor],
+                         alpha: Tensor, batch: Batch, noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        next_action, next_log_prob = self._sample(actor, batch.next_observations, noise)
+        next_q = self._call("critic_target", critic_t, batch.next_observations, next_action).min(dim=0).values
+        target = (batch.rewards + self.config.gamma * batch.not_done * (next_q - alpha * next_log_prob)).detach()
+        q = self._call("critic", critic, batch.observations, batch.actions)
+        loss = (q - target).pow(2).mean(dim=1).sum()
+        return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean()}
+
+    def _noise(self, batch: Batch, generators: Sequence[torch.Generator]) -> Tensor:
+        """One ``(B, A)`` standard normal draw per copy from its own generator (as the single run draws it)."""
+        b, a = batch.actions.shape[1], batch.actions.shape[2]
+        return torch.stack([torch.randn((b, a), generator=g, dtype=batch.actions.dtype, device=batch.actions.device)
+                            for g in generators])
+
+    def _step(self, name: str, losses: Tensor) -> None:
+        params = list(self.params[name].values())
+        grads = torch.autograd.grad(losses.sum(), params)
+        for param, grad in zip(params, grads):
+            param.grad = grad.contiguous()  # fused Adam reads the gradient with the parameter's strides
+        self.optimizers[name].step()
+        for param in params:
+            param.grad = None
+
+    def _update_sac(self, batch: Batch, step: int, generators: Sequence[torch.Generator]) -> dict[str, Tensor]:
+        """SACLearner.update with update_order=sequential: alpha (own policy sample), actor, critic, Polyak."""
+        p = self.params
+        log_alpha = p["alpha"]["log_alpha"]
+        detached = {n: {k: v.detach() for k, v in p[n].items()} for n in ("actor", "critic", "critic_target")}
+        metrics: dict[str, Tensor] = {}
+        if step % self.config.policy_freq == 0:
+            if "alpha" in self.optimizers:
+                self._step("alpha", self._alpha_losses(log_alpha, detached["actor"], batch.observations,
+                                                       self._noise(batch, generators)))
+            alpha = log_alpha.detach().exp()
+            losses, actor_metrics = self._actor_losses(p["actor"], detached["critic"], alpha, batch,
+                                                       self._noise(batch, generators))
+            self._step("actor", losses)
+            metrics.update(actor_metrics)
+        alpha = log_alpha.detach().exp()
+        actor = {k: v.detach() for k, v in p["actor"].items()}
+        losses, critic_metrics = self._critic_losses(p["critic"], actor, detached["critic_target"], alpha, batch,
+                                                     self._noise(batch, generators))
+        self._step("critic", losses)
+        metrics.update(critic_metrics)
+        metrics["alpha"] = log_alpha.detach().exp()
+        polyak_update_(self._target, self._online, self.config.tau)
+        return metrics
+
     # -- the update --------------------------------------------------------------------------------
     def update(self, batch: Batch, step: int, generators: Sequence[torch.Generator]) -> dict[str, Tensor]:
         """One update of every copy on its own batch (``(K, B, ...)``, from :meth:`sample`); metrics ``(K,)``."""
         cfg = self.config
         if len(generators) != self.k:
             raise ValueError(f"seeds: {self.k} copies need {self.k} generators, got {len(generators)}")
+        if self.sac:
+            return self._update_sac(batch, step, generators)
         p = self.params
         act_dim = batch.actions.shape[-1]
         noise = torch.stack([torch.randn((batch.actions.shape[1], act_dim), device=batch.actions.device,
@@ -191,7 +285,9 @@ class SeedStack:
         """Copy copy k's networks and optimizer state into ``learners[k]`` (for evaluation and checkpoints)."""
         with torch.no_grad():
             for k, learner in enumerate(self.learners):
-                for name in NETS:
+                if self.sac:
+                    learner.log_alpha.copy_(self.params["alpha"]["log_alpha"][k])
+                for name in self.nets:
                     module = getattr(learner, name)
                     for key, value in module.named_parameters():
                         value.copy_(self.params[name][key][k])
@@ -200,23 +296,24 @@ class SeedStack:
                 for opt_name, stacked in self.optimizers.items():
                     self._write_optimizer(stacked, learner.optimizers[opt_name], opt_name, k)
 
+    def _single_params(self, learner: nn.Module, name: str) -> list[Tensor]:
+        return [learner.log_alpha] if name == "alpha" else list(getattr(learner, name).parameters())
+
     def _read_optimizer(self, stacked: torch.optim.Optimizer, name: str) -> None:
         singles = [learner.optimizers[name] for learner in self.learners]
-        nets = [list(getattr(learner, name).parameters()) for learner in self.learners]
+        nets = [self._single_params(learner, name) for learner in self.learners]
         for j, sp in enumerate(self.params[name].values()):
             states = [opt.state.get(params[j]) for opt, params in zip(singles, nets)]
             if all(st is None or not st for st in states):
                 continue
             if any(st is None or not st for st in states):
                 raise ValueError("seeds: some copies have optimizer state and some do not (runs at different steps?)")
-            stacked.state[sp] = {key: (torch.stack([st[key] for st in states]) if states[0][key].dim() > 0
+            stacked.state[sp] = {key: (torch.stack([st[key] for st in states]) if key != "step"
                                        else states[0][key].clone()) for key in states[0]}
 
     def _write_optimizer(self, stacked: torch.optim.Optimizer, single: torch.optim.Optimizer, name: str,
                          k: int) -> None:
-        net = getattr(self.learners[k], name)
-        by_param = dict(zip(self.params[name].values(), (p for _, p in net.named_parameters())))
+        by_param = dict(zip(self.params[name].values(), self._single_params(self.learners[k], name)))
         for sp, state in stacked.state.items():
             target = by_param[sp]
-            single.state[target] = {key: (v[k].clone() if v.dim() > 0 and v.shape[:1] == (self.k,) else v.clone())
-                                    for key, v in state.items()}
+            single.state[target] = {key: (v[k].clone() if key != "step" else v.clone()) for key, v in state.items()}
