@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
-                        help="K-seed scaling instead: seed-updates/s of K copies in one process (TD3 family)")
+                        help="K-seed scaling instead: seed-updates/s of K copies in one process (td3bc, td3, sacn)")
     parser.add_argument("--rounds", type=int, default=3, help="--seeds: interleaved rounds (median)")
     parser.add_argument("--compile", action="store_true",
                         help="TD3+BC eager vs compiled (vs --corl), interleaved, instead of the agent table")

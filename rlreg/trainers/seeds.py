@@ -7,8 +7,9 @@ one seed at a time, and K single runs at the same step can be resumed together).
 shared: :class:`rlreg.seeds.SeedStack` updates the K learners as one batched computation, and writes them back
 into the K learner objects before anything reads them (metrics flush, evaluation, checkpoint, snapshot).
 
-Supported: offline training of TD3-family agents whose regularizers only add loss terms (td3bc);
-:func:`rlreg.seeds.check_supported` names what is not.
+Supported: offline training of TD3-family agents whose regularizers only add loss terms (td3, td3bc) and of
+SAC-family agents with the sequential update order and no regularizers (sacn); :func:`rlreg.seeds.check_supported`
+names what is not.
 """
 
 from __future__ import annotations
