@@ -113,7 +113,6 @@ class SeedStack:
         if self.sac:
             self._critic_losses = vmap(self._sac_critic_loss, in_dims=(0, 0, 0, 0, 0, 0))
             self._actor_losses = vmap(self._sac_actor_loss, in_dims=(0, 0, 0, 0, 0))
-            self._alpha_losses = vmap(self._sac_alpha_loss, in_dims=(0, 0, 0, 0))
         else:
             self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
             self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
@@ -133,7 +132,7 @@ class SeedStack:
         idx = torch.stack([torch.randint(0, buffer.size, (batch_size,), device=buffer.device, generator=g)
                            for g in generators])
         return Batch(buffer.observations[idx], buffer.actions[idx], buffer.rewards[idx],
-                     buffer.next_observations[idx], buffer.not_done[idx])
+                     buffer.next_observations[idx], buffer.not_done[idx], buffer.discounts[idx])
 
     # -- one copy's losses (called under vmap) -----------------------------------------------------
     def _call(self, name: str, params: dict[str, Tensor], *args: object, **kwargs: object) -> Tensor:
@@ -147,7 +146,7 @@ class SeedStack:
             noise = (noise * (cfg.target_noise * m)).clamp(-cfg.noise_clip * m, cfg.noise_clip * m)
             next_action = (next_action + noise).clamp(-m, m)
         next_q = self._call("critic_target", critic_t, batch.next_observations, next_action)
-        target = (batch.rewards + cfg.gamma * batch.not_done * next_q.min(dim=0).values).detach()
+        target = (batch.rewards + batch.discounts * next_q.min(dim=0).values).detach()
         q = self._call("critic", critic, batch.observations, batch.actions)
         loss = (q - target).pow(2).mean(dim=1).sum()
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean()}
@@ -182,23 +181,19 @@ class SeedStack:
         action, log_prob = self._call("actor", actor, obs, noise=noise)
         return action, log_prob
 
-    def _sac_alpha_loss(self, log_alpha: Tensor, actor: dict[str, Tensor], obs: Tensor, noise: Tensor) -> Tensor:
-        _, log_prob = self._sample(actor, obs, noise)
-        return -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-
     def _sac_actor_loss(self, actor: dict[str, Tensor], critic: dict[str, Tensor], alpha: Tensor, batch: Batch,
-                        noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+                        noise: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         action, log_prob = self._sample(actor, batch.observations, noise)
         q = self._call("critic", critic, batch.observations, action)
         q = q.min(dim=0).values if self.config.actor_q_reduce == "min" else q.mean(dim=0)
         loss = (alpha * log_prob - q).mean()
-        return loss, {"actor/entropy": -log_prob.detach().mean(), "actor/loss": loss.detach()}
+        return loss, {"actor/entropy": -log_prob.detach().mean(), "actor/loss": loss.detach()}, log_prob.detach()
 
     def _sac_critic_loss(self, critic: dict[str, Tensor], actor: dict[str, Tensor], critic_t: dict[str, Tensor],
                          alpha: Tensor, batch: Batch, noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         next_action, next_log_prob = self._sample(actor, batch.next_observations, noise)
         next_q = self._call("critic_target", critic_t, batch.next_observations, next_action).min(dim=0).values
-        target = (batch.rewards + self.config.gamma * batch.not_done * (next_q - alpha * next_log_prob)).detach()
+        target = (batch.rewards + batch.discounts * (next_q - alpha * next_log_prob)).detach()
         q = self._call("critic", critic, batch.observations, batch.actions)
         loss = (q - target).pow(2).mean(dim=1).sum()
         return loss, {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean()}
@@ -219,26 +214,23 @@ class SeedStack:
             param.grad = None
 
     def _update_sac(self, batch: Batch, step: int, generators: Sequence[torch.Generator]) -> dict[str, Tensor]:
-        """SACLearner.update with update_order=sequential: alpha (own policy sample), actor, critic, Polyak."""
+        """As SACLearner.update (update_order=sequential): critic, then actor and temperature (on the actor's own
+        sample), Polyak; one noise draw per sample, in the single run's order."""
         p = self.params
         log_alpha = p["alpha"]["log_alpha"]
-        detached = {n: {k: v.detach() for k, v in p[n].items()} for n in ("actor", "critic", "critic_target")}
-        metrics: dict[str, Tensor] = {}
-        if step % self.config.policy_freq == 0:
-            if "alpha" in self.optimizers:
-                self._step("alpha", self._alpha_losses(log_alpha, detached["actor"], batch.observations,
-                                                       self._noise(batch, generators)))
-            alpha = log_alpha.detach().exp()
-            losses, actor_metrics = self._actor_losses(p["actor"], detached["critic"], alpha, batch,
-                                                       self._noise(batch, generators))
-            self._step("actor", losses)
-            metrics.update(actor_metrics)
         alpha = log_alpha.detach().exp()
         actor = {k: v.detach() for k, v in p["actor"].items()}
-        losses, critic_metrics = self._critic_losses(p["critic"], actor, detached["critic_target"], alpha, batch,
-                                                     self._noise(batch, generators))
+        critic_t = {k: v.detach() for k, v in p["critic_target"].items()}
+        losses, metrics = self._critic_losses(p["critic"], actor, critic_t, alpha, batch, self._noise(batch, generators))
         self._step("critic", losses)
-        metrics.update(critic_metrics)
+        if step % self.config.policy_freq == 0:
+            critic = {k: v.detach() for k, v in p["critic"].items()}
+            losses, actor_metrics, log_prob = self._actor_losses(p["actor"], critic, alpha, batch,
+                                                                 self._noise(batch, generators))
+            self._step("actor", losses)
+            metrics.update(actor_metrics)
+            if "alpha" in self.optimizers:  # -mean(log_alpha * (log pi + H)) per copy
+                self._step("alpha", -(log_alpha.unsqueeze(1) * (log_prob + self.target_entropy)).mean(dim=1))
         metrics["alpha"] = log_alpha.detach().exp()
         polyak_update_(self._target, self._online, self.config.tau)
         return metrics

@@ -117,7 +117,8 @@ def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, secon
     learners = []
     for seed in range(k):
         torch.manual_seed(seed)
-        learners.append(build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer))
+        learners.append(build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer,
+                                                                seed=seed)))
     stack = SeedStack(learners)
     gens = [torch.Generator(device=device).manual_seed(seed) for seed in range(k)]
 
@@ -232,7 +233,7 @@ def compile_table(args: argparse.Namespace, data: TransitionDataset) -> None:
         buffer = OfflineBuffer(data, device=device)
         steps: dict[str, Callable[[], object]] = {}
         torch.manual_seed(0)
-        learner = build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer)
+        learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
         counters = {"eager": 0, "stack": 0, "compiled": 0}
         gens = {name: torch.Generator(device=device).manual_seed(0) for name in counters}
 
@@ -243,7 +244,8 @@ def compile_table(args: argparse.Namespace, data: TransitionDataset) -> None:
         steps["rlreg eager"] = eager
         for name, compiled in (("stack", False), ("compiled", True)):
             torch.manual_seed(0)
-            stack = SeedStack([build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer)],
+            stack = SeedStack([build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data,
+                                                                       buffer=buffer))],
                               compile=compiled)
 
             def step(stack: SeedStack = stack, name: str = name) -> None:

@@ -13,6 +13,7 @@ from rlreg.agents import build_agent
 from rlreg.config import to_run_config
 from rlreg.data.buffers import OfflineBuffer
 from rlreg.data.dataset import TransitionDataset
+from rlreg.regularizers.base import SetupContext
 from rlreg.seeds import SeedStack
 
 SEEDS = (0, 3, 7)
@@ -37,7 +38,7 @@ def build(agent: str, seed: int, data: TransitionDataset, buffer: OfflineBuffer)
     run = to_run_config(compose([f"agent={agent}", "agent.actor_hidden=[32,32]", "agent.critic_hidden=[32,32]",
                                  *extra]))
     torch.manual_seed(seed)  # as the trainer seeds before building the agent
-    return build_agent(run.agent, 5, 2, 1.0, torch.device("cpu"), dataset=data, buffer=buffer)
+    return build_agent(run.agent, SetupContext.box(5, 2, 1.0, "cpu", dataset=data, buffer=buffer, seed=seed))
 
 
 @pytest.mark.parametrize("agent", ["td3bc", "sacn"])
