@@ -18,6 +18,11 @@ DemoReg-SAC are not supported yet: :func:`check_supported` says so.
 Equivalence: copy k after n updates equals the single run with seed k up to float32 rounding, not bit for bit:
 under ``vmap`` the per-copy matrix products run as one batched product (``bmm``) whose kernel may sum in another
 order than the single run's ``addmm``; ``tests/test_seeds.py`` states the tolerance.
+
+The losses below restate the learners' ``critic_loss``/``actor_loss`` as functions of (parameters, batch,
+noise): the learners draw their noise from a generator inside those methods, which ``vmap`` cannot batch per
+copy. ``tests/test_seeds.py`` compares the two every step, so a change to a learner that is not mirrored here
+fails there.
 """
 
 from __future__ import annotations
