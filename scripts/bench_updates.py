@@ -6,7 +6,7 @@
     python scripts/bench_updates.py --compile --corl /tmp/corl             # eager vs compiled vs CORL td3_bc
 
 Sampling from the device-resident buffer is included in the timing, as in
-``shared/reference/official_speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
+``docs/speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
 with this machine's float32 matmul rate (a 256x256x256 matmul loop), giving the share of the CPU limit.
 """
 
