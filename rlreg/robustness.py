@@ -32,9 +32,9 @@ argmax has no gradient, so the gradient steps of ``*_first_order``/``*_mixed_ord
 stand-ins -- the margin of the best other bin over the clean greedy bin (``action_diff``) and the Q of the greedy
 action at the perturbed input (``min_Q``) -- while the final pick among the candidates uses the real objectives.
 
-The scale ``sd`` (``--std``, default ``auto``): the observation std stored in the checkpoint (agents that
-normalise their buffer, ``sd + 1e-3``), else the std of the networks' input normaliser (RORL, ``sd +
-1e-6``), else the std of the run's dataset (loaded again; e.g. SAC-N, which does not normalise), else,
+The scale ``sd`` (``--std``, default ``auto``): the std of the learner's state normaliser, stored with the
+checkpoint (agents trained on normalised states: ``sd + 1e-3``, RORL ``sd + 1e-6``), else the std of the
+run's dataset (loaded again; e.g. SAC-N, which does not normalise), else,
 for online runs, the std of the replay buffer stored in the checkpoint, else 1 (raw units). Fine-tuned
 runs (``trainer.mode=finetune``) are evaluated in their dataset's env like offline ones. ``--std``
 forces one source; ``--std-file`` gives the std as a ``.npy`` or JSON list. Online agents have no
@@ -88,7 +88,7 @@ ATTACKS: dict[str, AttackMode] = {
     "action_diff_mixed_order": AttackMode("action_diff", 20, 10),
     "min_Q_mixed_order": AttackMode("min_Q", 20, 10),
 }
-STD_SOURCES = ("auto", "checkpoint", "network", "dataset", "buffer", "ones")
+STD_SOURCES = ("auto", "checkpoint", "dataset", "buffer", "ones")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,34 +148,21 @@ def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
     state = load_checkpoint(ckpt, map_location=device)
+    def arr(x: Any) -> np.ndarray | None:
+        return None if x is None else torch.as_tensor(x).detach().cpu().numpy().astype(np.float32)
+
     bare = AgentConfig(run.agent.name, run.agent.learner, run.agent.learner_config, regularizers={})
-    learner = build_agent(bare, env_setup(eval_env(run), device, seed=run.seed))
-    networks = state["learner"]["networks"]
-    # input normalisers set at bind time (RORL) hold no buffers until given statistics: make room
-    for key, value in networks.items():
-        module_name, _, attr = key.rpartition(".")
-        if module_name.endswith("obs_normalizer") and attr in ("mean", "std"):
-            module = learner.get_submodule(module_name)
-            if getattr(module, attr) is None:
-                setattr(module, attr, torch.empty_like(value))
-    missing, _ = learner.load_state_dict(networks, strict=False)  # extra keys: parts added by regularizers
+    # the trainer's state normalisation, as stored with the run: the learner's state normaliser applies it
+    setup = env_setup(eval_env(run), device, seed=run.seed, obs_mean=arr(state.get("obs_mean")),
+                      obs_std=arr(state.get("obs_std")))
+    learner = build_agent(bare, setup)
+    missing, _ = learner.load_state_dict(state["learner"]["networks"], strict=False)  # extra: regularizers' parts
     if missing:
         raise RuntimeError(f"{ckpt}: the checkpoint lacks {missing[:3]} of the rebuilt {run.agent.name} learner")
     learner.eval()
     learner.requires_grad_(False)
 
-    def arr(x: Any) -> np.ndarray | None:
-        return None if x is None else torch.as_tensor(x).detach().cpu().numpy().astype(np.float32)
-
     return LoadedRun(run_dir, run, learner, ckpt, state, arr(state.get("obs_mean")), arr(state.get("obs_std")))
-
-
-def _network_std(learner: Learner) -> np.ndarray | None:
-    for attr in ("actor", "critic"):
-        norm = getattr(getattr(learner, attr, None), "obs_normalizer", None)
-        if norm is not None and norm.active:
-            return norm.std.detach().cpu().numpy().astype(np.float32)
-    return None
 
 
 def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = None) -> tuple[np.ndarray, str]:
@@ -191,14 +178,9 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
     if source not in STD_SOURCES:
         raise ValueError(f"--std {source!r} is unknown; choose from {', '.join(STD_SOURCES)}")
 
-    def from_checkpoint() -> np.ndarray | None:
-        return loaded.obs_std
-
-    def from_network() -> np.ndarray | None:
-        std = _network_std(loaded.learner)
-        if std is not None and loaded.obs_std is not None:  # normaliser applied after the buffer's
-            std = std * loaded.obs_std
-        return std
+    def from_checkpoint() -> np.ndarray | None:  # what the learner's state normaliser divides by
+        norm = loaded.learner.state_normalizer
+        return norm.std.detach().cpu().numpy().astype(np.float32) if norm.active else None
 
     def from_dataset() -> np.ndarray | None:
         if loaded.run.dataset is None or loaded.run.trainer.mode == "online":
@@ -218,8 +200,8 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
             std = std * loaded.obs_std
         return std
 
-    finders = {"checkpoint": from_checkpoint, "network": from_network, "dataset": from_dataset, "buffer": from_buffer}
-    order = ["checkpoint", "network", "dataset", "buffer"] if source == "auto" else [source] if source != "ones" else []
+    finders = {"checkpoint": from_checkpoint, "dataset": from_dataset, "buffer": from_buffer}
+    order = ["checkpoint", "dataset", "buffer"] if source == "auto" else [source] if source != "ones" else []
     for name in order:
         std = finders[name]()
         if std is not None:
