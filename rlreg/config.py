@@ -8,17 +8,60 @@ regularizers and wrongly typed values raise :class:`ConfigError` naming the offe
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlreg.errors import UserError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, missing or of the wrong type (the message names the option)."""
+
+    hint = "fix the option named above (python -m rlreg.train --cfg job shows the composed config)"
+
+
+class OptionError(ConfigError):
+    """Raised by a config dataclass's ``__post_init__``: ``template`` names options as ``{field}``;
+    :func:`from_dict` turns them into the names typed on the command line (``trainer.eval_episodes``)."""
+
+    def __init__(self, template: str, *fields: str, value: Any = None) -> None:
+        self.template, self.fields = template, fields
+        super().__init__(self.render(""))
+
+    def render(self, path: str) -> str:
+        return self.template.format(**{f: f"{path}.{f}" if path else f for f in self.fields})
+
+
+def _check_range(obj: Any, name: str, low: float | None = None, high: float | None = None,
+                 optional: bool = False) -> None:
+    """``low <= obj.name <= high`` (either bound may be None); floats must be finite; None only if optional."""
+    value = getattr(obj, name)
+    if value is None:
+        if optional:
+            return
+        raise OptionError(f"{{{name}}} must be set, got null", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(f"{{{name}}} must be a finite number, got {value}", name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            bound = f">= {low:g}"
+        elif low is None:
+            bound = f"<= {high:g}"
+        else:
+            bound = f"in [{low:g}, {high:g}]"
+        raise OptionError(f"{{{name}}} must be {bound}, got {value}", name)
+
+
+def _check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise OptionError(f"{{{name}}}={value!r} is unknown; choose one of: {', '.join(allowed)}", name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +153,20 @@ class EnvConfig:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
 
+    def __post_init__(self) -> None:
+        _check_range(self, "max_episode_steps", 1, optional=True)
+        _check_range(self, "ref_min_score", optional=True)
+        _check_range(self, "ref_max_score", optional=True)
+        if (self.ref_min_score is None) != (self.ref_max_score is None):
+            raise OptionError("{ref_min_score} and {ref_max_score} must both be set or both be null",
+                              "ref_min_score", "ref_max_score")
+        if self.ref_min_score is not None and self.ref_max_score is not None and self.ref_max_score <= self.ref_min_score:
+            raise OptionError(f"{{ref_max_score}} ({self.ref_max_score}) must be greater than {{ref_min_score}} "
+                              f"({self.ref_min_score})", "ref_min_score", "ref_max_score")
+
+
+DATASET_SOURCES = ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg")
+
 
 @dataclass
 class DatasetConfig:
@@ -134,6 +191,17 @@ class DatasetConfig:
     num_transitions: int = 0
     action_noise: float = 0.0
     collect_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "source", DATASET_SOURCES)
+        _check_choice(self, "verify", ("error", "warn", "off"))
+        _check_choice(self, "reward_transform", ("identity", "affine", "minus_one", "return_range"))
+        _check_range(self, "state_std_eps", 0.0)
+        _check_range(self, "reward_scale")
+        _check_range(self, "reward_shift")
+        _check_range(self, "num_transitions", 0)
+        _check_range(self, "action_noise", 0.0)
+        _check_range(self, "collect_seed", 0, 2**32 - 1)
 
 
 @dataclass
@@ -161,6 +229,18 @@ class TrainerConfig:
     # same agent, dataset, seed and tag under run_root
     init_from: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_choice(self, "mode", ("offline", "online", "finetune"))
+        _check_choice(self, "warmup_policy", ("uniform", "agent"))
+        for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "utd_ratio", "buffer_size"):
+            _check_range(self, name, 1)
+        for name in ("eval_seed_offset", "snapshot_every", "warmup_steps"):
+            _check_range(self, name, 0)
+        if self.checkpoint_every % self.log_every:
+            raise OptionError(f"{{checkpoint_every}} ({self.checkpoint_every}) must be a multiple of {{log_every}} "
+                              f"({self.log_every})", "checkpoint_every", "log_every")
+
 
 @dataclass
 class LoggingConfig:
@@ -169,6 +249,9 @@ class LoggingConfig:
     entity: str | None = None
     group: str | None = None
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "wandb_mode", ("offline", "online", "disabled"))
 
 
 @dataclass
@@ -185,16 +268,23 @@ class RunConfig:
     run_dir: str | None = None  # explicit override of the derived run directory
     tag: str = ""
 
-    @property
-    def task_name(self) -> str:
-        if self.trainer.mode == "offline":
-            assert self.dataset is not None
-            return self.dataset.name
-        if self.trainer.mode == "finetune":
-            assert self.dataset is not None
-            return f"{self.dataset.name}-finetune"
-        assert self.env is not None
-        return self.env.id
+    def __post_init__(self) -> None:
+        _check_range(self, "seed", 0, 2**32 - 1)  # numpy seeds are unsigned 32-bit
+        _check_range(self, "threads", 0)
+        check_device_name(self.device)
+
+
+def check_device_name(name: str) -> None:
+    """``device`` must be ``auto`` or a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise OptionError(f"{{device}}={name!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps",
+                          "device") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +364,8 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
     kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except OptionError as err:  # a range or choice checked by the dataclass itself
+        raise ConfigError(err.render(path)) from None
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{path}: {err}") from None
 
@@ -333,7 +425,10 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"{unknown[0]}: unknown top-level option; valid: {', '.join(sorted(scalars))}")
     hints = typing.get_type_hints(RunConfig)
     top = {k: _coerce(v, hints[k], k) for k, v in raw.items()}
-    run = RunConfig(agent=agent, trainer=trainer, logging=logging, dataset=dataset, env=env, **top)
+    try:
+        run = RunConfig(agent=agent, trainer=trainer, logging=logging, dataset=dataset, env=env, **top)
+    except OptionError as err:
+        raise ConfigError(err.render("")) from None
     validate(run)
     return run
 
@@ -341,26 +436,14 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
 def validate(run: RunConfig) -> None:
     """Cross-option checks, each naming the options involved."""
     t = run.trainer
-    _choice(t.mode, ("offline", "online", "finetune"), "trainer.mode")
-    _choice(run.logging.wandb_mode, ("offline", "online", "disabled"), "logging.wandb_mode")
     if t.mode == "offline" and run.dataset is None:
         raise ConfigError("trainer.mode=offline needs a dataset: add dataset=<name> (see conf/dataset/)")
     if t.mode == "finetune" and run.dataset is None:
         raise ConfigError("trainer.mode=finetune needs the dataset of the offline run: add dataset=<name>")
     if t.mode == "online" and run.env is None:
         raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
-    for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
-    if t.checkpoint_every % t.log_every:
-        raise ConfigError(
-            f"trainer.checkpoint_every ({t.checkpoint_every}) must be a multiple of trainer.log_every ({t.log_every})"
-        )
-    if t.keep_checkpoints < 1:
-        raise ConfigError("trainer.keep_checkpoints must be >= 1")
-    if run.dataset is not None:
-        _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg"), "dataset.source")
-        _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")
+    # numeric ranges and string choices of the trainer, dataset, env, logging and run options are checked by
+    # their dataclasses (__post_init__) as they are built
     lc = run.agent.learner_config
     if isinstance(lc, SACConfig):
         _choice(lc.actor_q_reduce, ("min", "mean"), "agent.actor_q_reduce")
@@ -368,6 +451,5 @@ def validate(run: RunConfig) -> None:
         _choice(lc.init, ("pytorch", "sacn", "xavier"), "agent.init")
         if lc.policy_freq < 1:
             raise ConfigError(f"agent.policy_freq must be >= 1, got {lc.policy_freq}")
-    _choice(t.warmup_policy, ("uniform", "agent"), "trainer.warmup_policy")
     if lc.num_critics < 1:
         raise ConfigError("agent.num_critics must be >= 1")

@@ -10,7 +10,8 @@ through the ``rlreg_job.json`` files :class:`SweepManifest` writes) or any folde
 - ``results.csv`` (one row per agent x dataset x budget) and ``runs.csv`` (one row per run);
 - ``curves_<dataset>.png``: learning curves (mean +- std over seeds) of each agent on that dataset.
 
-The std is numpy's default population std (ddof=0). Online runs show their environment id as dataset.
+The std is numpy's default population std (ddof=0). Runs are named as :mod:`rlreg.runs` names them: online
+runs show their environment id as dataset, fine-tuning runs ``<dataset>-finetune``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from hydra.experimental.callback import Callback
+
+from rlreg.checkpoint import latest_checkpoint
+from rlreg.runs import derive_run_dir, run_name, task_name
 
 MANIFEST = "rlreg_job.json"
 
@@ -94,7 +98,6 @@ def _run_dir_of(config: Any) -> Path:
     from omegaconf import OmegaConf
 
     from rlreg.config import to_run_config
-    from rlreg.trainers.common import derive_run_dir
 
     # resolved inside the full config, as the task sees it (interpolations may refer to hydra's nodes)
     container: dict[str, Any] = {}
@@ -133,19 +136,6 @@ class RunRecord:
     note: str = ""
 
 
-def _run_name(cfg: dict[str, Any]) -> str:
-    agent = cfg.get("agent") or {}
-    regs = "+".join(agent.get("regularizers") or {})
-    name = str(agent.get("name", "?")) + (f"-{regs}" if regs else "")
-    return name + (f"_{cfg['tag']}" if cfg.get("tag") else "")
-
-
-def _task_name(cfg: dict[str, Any]) -> str:
-    if (cfg.get("trainer") or {}).get("mode", "offline") == "offline" and cfg.get("dataset"):
-        return str(cfg["dataset"]["name"])
-    return str((cfg.get("env") or {}).get("id", "?"))
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
@@ -158,9 +148,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _last_checkpoint_step(run_dir: Path) -> int:
-    names = (p.name for p in (run_dir / "checkpoints").glob("ckpt_*.pt"))
-    steps = [int(m.group(1)) for name in names if (m := re.match(r"ckpt_(\d+)\.pt$", name))]
-    return max(steps, default=0)
+    last = latest_checkpoint(run_dir)
+    return int(last.name[len("ckpt_"):-len(".pt")]) if last is not None else 0
 
 
 def read_run(run_dir: Path, job: dict[str, Any] | None = None) -> RunRecord:
@@ -180,8 +169,8 @@ def read_run(run_dir: Path, job: dict[str, Any] | None = None) -> RunRecord:
         finished = False  # summary of an earlier, shorter budget
     rec = RunRecord(
         run_dir=run_dir,
-        agent=_run_name(cfg),
-        dataset=_task_name(cfg),
+        agent=run_name(cfg),
+        dataset=task_name(cfg),
         seed=cfg.get("seed"),
         budget=budget,
         step=step,
