@@ -50,11 +50,11 @@ def _check_range(obj: Any, name: str, low: float | None = None, high: float | No
         raise OptionError(f"{{{name}}} must be a finite number, got {value}", name)
     if (low is not None and value < low) or (high is not None and value > high):
         if high is None:
-            bound = f">= {low:g}"
+            bound = f">= {low}"
         elif low is None:
-            bound = f"<= {high:g}"
+            bound = f"<= {high}"
         else:
-            bound = f"in [{low:g}, {high:g}]"
+            bound = f"in [{low}, {high}]"
         raise OptionError(f"{{{name}}} must be {bound}, got {value}", name)
 
 

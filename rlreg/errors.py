@@ -37,6 +37,10 @@ class RunDirError(UserError, RuntimeError):
     other data, or without a loadable checkpoint."""
 
 
+class NotFoundError(UserError, FileNotFoundError):
+    """A run directory, config.json or checkpoint that a command needs does not exist."""
+
+
 class WriteError(UserError, OSError):
     """A file of a run could not be written (disk full, file size limit, permissions)."""
 

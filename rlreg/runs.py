@@ -31,7 +31,7 @@ import numpy as np
 
 from rlreg.checkpoint import CheckpointError, checkpoint_dir, list_checkpoints, load_checkpoint
 from rlreg.config import ConfigError
-from rlreg.errors import RunDirError
+from rlreg.errors import NotFoundError, RunDirError
 
 if TYPE_CHECKING:
     import torch
@@ -110,12 +110,14 @@ def option_name(key: str) -> str:
     return "agent" if key == "agent.name" else key
 
 
-def check_same_run(stored: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
-    """Refuse to resume a run directory written by a different configuration."""
+def check_same_run(
+    stored: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path, also_resumable: tuple[str, ...] = ()
+) -> None:
+    """Refuse to resume a run directory written by a different configuration (options in
+    :data:`RESUMABLE_CHANGES` and ``also_resumable`` may differ)."""
     a, b = flatten(stored), flatten(current)
-    diff = sorted(
-        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
-    )
+    free = RESUMABLE_CHANGES + tuple(also_resumable)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not any(k.startswith(p) for p in free))
     if diff:
         details = ", ".join(f"{option_name(k)}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
         more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
@@ -130,7 +132,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     """``<run_dir>/config.json`` as a dict (:class:`RunDirError` naming the file if missing or unreadable)."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
-        raise RunDirError(f"{run_dir}: no config.json; is this a run directory written by rlreg.train?")
+        raise NotFoundError(f"{run_dir}: no config.json; is this a run directory written by rlreg.train?")
     try:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -219,12 +221,12 @@ def load_run(
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
-            raise RunDirError(f"{path}: no such checkpoint file")
+            raise NotFoundError(f"{path}: no such checkpoint file")
         return StoredRun(run_dir, run, path, load_checkpoint(path, map_location=map_location))
     path, state, skipped = load_newest_checkpoint(run_dir, map_location)
     if path is None or state is None:
         if not skipped:
-            raise RunDirError(f"{run_dir}: no checkpoint under {checkpoint_dir(run_dir)}; the run has not "
+            raise NotFoundError(f"{run_dir}: no checkpoint under {checkpoint_dir(run_dir)}; the run has not "
                               "written one yet", hint="train it first (rerun its rlreg.train command)")
         raise no_loadable_checkpoint(run_dir, skipped)
     return StoredRun(run_dir, run, path, state, skipped)

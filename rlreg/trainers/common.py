@@ -157,11 +157,14 @@ class TrainerBase:
         current = config_to_dict(self.run)
         state: dict[str, Any] | None = None
         if list_checkpoints(self.run_dir):
-            check_same_run(read_config(self.run_dir), current, self.run_dir)
+            stored = read_config(self.run_dir)
             ckpt, state, skipped = load_newest_checkpoint(self.run_dir, map_location=self.device)
+            # the data is identified by its fingerprint when the checkpoint has one: a moved file is the same data
+            moved = ("dataset.path",) if state is not None and state.get("data_fingerprint") else ()
+            check_same_run(stored, current, self.run_dir, also_resumable=moved)
             for bad in skipped:
                 self._say(f"skipped checkpoint {bad}")
-            if ckpt is None:
+            if ckpt is None or state is None:
                 raise no_loadable_checkpoint(self.run_dir, skipped)
             self._check_same_data(state, ckpt)
             self._say(f"resuming from {ckpt}" + (f" (skipped {len(skipped)} newer checkpoint(s) that do not load)"

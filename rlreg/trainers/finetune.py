@@ -35,7 +35,7 @@ from rlreg.checkpoint import load_checkpoint
 from rlreg.config import ConfigError, RunConfig
 from rlreg.data.buffers import ReplayBuffer
 from rlreg.envs import make_env
-from rlreg.errors import RunDirError
+from rlreg.errors import NotFoundError, RunDirError
 from rlreg.runs import derive_run_dir, load_newest_checkpoint, no_loadable_checkpoint
 from rlreg.trainers.offline import load_offline_data
 from rlreg.trainers.online import OnlineTrainer, episode_seed
@@ -118,7 +118,7 @@ class FinetuneTrainer(OnlineTrainer):
             if skipped and ckpt is None:
                 raise no_loadable_checkpoint(source, skipped)
         if ckpt is None or state is None:
-            raise RunDirError(
+            raise NotFoundError(
                 f"trainer.init_from: no offline checkpoint under {source}",
                 hint="train the offline run first (same agent, dataset, seed and tag with trainer=offline) or "
                 "point trainer.init_from at a run directory or checkpoint file",
