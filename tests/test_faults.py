@@ -58,6 +58,22 @@ def cli(args: list[str], tmp_path: Path, limit_bytes: int | None = None, **kw) -
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit, **kw)
 
 
+def main_in_process(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``python -m rlreg.train <args>`` in this process: (exit code, stdout, stderr)."""
+    from rlreg.train import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["rlreg.train", *args, *CLI, f"run_root={tmp_path / 'runs'}"])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def rlreg_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("[rlreg]")]
 
@@ -72,15 +88,20 @@ def corrupt(path: Path, key: str, row: int, value: float) -> None:
 # -- 1 + 8: bad data fails before the run directory exists; the fixed relaunch works; one line, exit 2 ---------
 
 
-def test_bad_data_leaves_no_run_dir_and_the_fix_trains(tmp_path: Path, pendulum_dataset: Path) -> None:
+def test_bad_data_leaves_no_run_dir_and_the_fix_trains(
+    tmp_path: Path, pendulum_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.hdf5"
     bad.write_bytes(pendulum_dataset.read_bytes())
     corrupt(bad, "rewards", 7, np.nan)
     base = [o for o in pendulum_offline_overrides(pendulum_dataset) if not o.startswith("dataset.path=")] + TINY
-    proc = cli(base + [f"dataset.path={bad}"], tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    first, hint = rlreg_lines(proc.stderr)
+
+    def launch(*extra: str) -> tuple[int, str, str]:
+        return main_in_process(base + list(extra), tmp_path, monkeypatch, capsys)
+
+    code, _, err = launch(f"dataset.path={bad}")
+    assert code == 2 and "Traceback" not in err
+    first, hint = rlreg_lines(err)
     assert "bad.hdf5" in first and "'rewards'" in first and "NaN" in first and hint.startswith("[rlreg] hint:")
     assert not (tmp_path / "runs").exists()  # nothing written: the fix cannot be refused
 
@@ -91,22 +112,26 @@ def test_bad_data_leaves_no_run_dir_and_the_fix_trains(tmp_path: Path, pendulum_
     other = config_to_dict(offline(bad, tmp_path, "agent.actor_lr=0.1"))
     (run_dir / "config.json").write_text(json.dumps(other))
     (run_dir / "metrics.jsonl").write_text('{"step": 0, "kind": "train", "pretrain/x": 1}\n')
-    proc = cli(base + [f"dataset.path={pendulum_dataset}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, out, err = launch(f"dataset.path={pendulum_dataset}")
+    assert code == 0, err
+    assert "[rlreg] finished 20 steps" in out
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 20  # type: ignore[arg-type]
     assert json.loads((run_dir / "config.json").read_text())["agent"]["learner_config"]["actor_lr"] != 0.1
+    assert "pretrain/x" not in (run_dir / "metrics.jsonl").read_text()
 
     # the refusals: another configuration (names the option as typed) and a run held by another process
-    proc = cli(base + [f"dataset.path={pendulum_dataset}", "agent.actor_lr=0.1"], tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "agent.actor_lr: 0.0003 -> 0.1" in rlreg_lines(proc.stderr)[0]
-    assert "learner_config" not in proc.stderr and "tag=" in rlreg_lines(proc.stderr)[1]
+    code, _, err = launch(f"dataset.path={pendulum_dataset}", "agent.actor_lr=0.1")
+    assert code == 2 and "Traceback" not in err
+    first, hint = rlreg_lines(err)
+    assert "agent.actor_lr: 0.0003 -> 0.1" in first and "learner_config" not in err and "tag=" in hint
     import fcntl
 
     with open(run_dir / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        proc = cli(base + [f"dataset.path={pendulum_dataset}", "trainer.total_steps=30"], tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "another process" in proc.stderr
+        code, _, err = launch(f"dataset.path={pendulum_dataset}", "trainer.total_steps=30")
+    assert code == 2 and "Traceback" not in err and "another process" in rlreg_lines(err)[0]
+    code, _, err = launch(f"dataset.path={pendulum_dataset}", "trainer.eval_episodes=0")
+    assert (code, rlreg_lines(err)[0]) == (2, "[rlreg] trainer.eval_episodes must be >= 1, got 0")
 
 
 # -- 2: errors name options that exist -------------------------------------------------------------------
@@ -252,12 +277,12 @@ def test_resume_skips_checkpoints_that_do_not_load(
 
 
 def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(tmp_path: Path, pendulum_dataset: Path) -> None:
-    base = pendulum_offline_overrides(pendulum_dataset) + TINY
-    assert cli(base, tmp_path).returncode == 0
+    train(offline(pendulum_dataset, tmp_path), announce=False)
     run_dir = derive_run_dir(offline(pendulum_dataset, tmp_path))
     ck20 = latest_checkpoint(run_dir)
     assert ck20 is not None
     size = ck20.stat().st_size
+    base = pendulum_offline_overrides(pendulum_dataset) + TINY
     proc = cli(base + ["trainer.total_steps=30"], tmp_path, limit_bytes=size // 2)  # no room for a checkpoint
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -267,7 +292,7 @@ def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(tmp_path: Pa
     assert "rerun the same command" in hint
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))
     assert load_checkpoint(ck20)["step"] == 20
-    assert cli(base + ["trainer.total_steps=30"], tmp_path).returncode == 0  # room again: it resumes
+    train(offline(pendulum_dataset, tmp_path, "trainer.total_steps=30"), announce=False)  # room again: it resumes
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 30  # type: ignore[arg-type]
 
 
@@ -395,10 +420,11 @@ def test_ctrl_c_in_the_cli_exits_130_and_the_finished_run_keeps_its_wall_time(
     stopped = latest_checkpoint(run_dir)
     assert stopped is not None and load_checkpoint(stopped)["step"] >= 10
 
-    proc2 = cli(base + [f"trainer.total_steps={load_checkpoint(stopped)['step']}"], tmp_path)
-    assert proc2.returncode == 0, proc2.stderr
-    first = json.loads((run_dir / "summary.json").read_text())
-    assert first["wall_seconds"] > 0
-    proc3 = cli(base + [f"trainer.total_steps={load_checkpoint(stopped)['step']}"], tmp_path)  # finished: report
-    assert proc3.returncode == 0
-    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] == first["wall_seconds"]
+    step = load_checkpoint(stopped)["step"]
+    wall = load_checkpoint(stopped)["wall_seconds"]
+    assert wall > 0
+    summary = train(offline(pendulum_dataset, tmp_path, f"trainer.total_steps={step}"), announce=False)
+    assert summary["steps"] == step and summary["wall_seconds"] == wall  # the real time, not 0.0
+    again = train(offline(pendulum_dataset, tmp_path, f"trainer.total_steps={step}"), announce=False)
+    assert again["wall_seconds"] == wall
+    assert json.loads((run_dir / "summary.json").read_text())["wall_seconds"] == wall
