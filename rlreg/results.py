@@ -56,7 +56,10 @@ class SweepManifest(Callback):
             "attempt": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         }
         try:
-            info["run_dir"] = str(_run_dir_of(config))
+            run = _run_config_of(config)
+            # what the run is, so that a job failing before its run directory exists (bad data) is still counted
+            info.update(run_dir=str(derive_run_dir(run).resolve()), run_name=run_name(run), task=task_name(run),
+                        seed=run.seed, budget=run.trainer.total_steps)
         except Exception as err:  # a bad config fails again in the task; keep what the job was
             info["run_dir"] = None
             info["error"] = f"{type(err).__name__}: {err}"
@@ -94,7 +97,7 @@ def _slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def _run_dir_of(config: Any) -> Path:
+def _run_config_of(config: Any) -> Any:
     from omegaconf import OmegaConf
 
     from rlreg.config import to_run_config
@@ -105,7 +108,7 @@ def _run_dir_of(config: Any) -> Path:
         if key != "hydra":
             node = config[key]
             container[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    return derive_run_dir(to_run_config(container)).resolve()
+    return to_run_config(container)
 
 
 def _write_manifest(config: Any, info: dict[str, Any]) -> None:
@@ -233,10 +236,10 @@ def collect_runs(paths: Sequence[Path]) -> list[RunRecord]:
                 orphans.append(
                     RunRecord(
                         run_dir=Path(run_dir) if run_dir else path.parent,
-                        agent=" ".join(info.get("overrides", [])) or "?",
-                        dataset="?",
-                        seed=None,
-                        budget=None,
+                        agent=info.get("run_name") or " ".join(info.get("overrides", [])) or "?",
+                        dataset=info.get("task") or "?",
+                        seed=info.get("seed"),
+                        budget=info.get("budget"),
                         step=0,
                         status="failed"
                         if info.get("status") == "failed" or (info.get("status") == "started" and info.get("error"))
