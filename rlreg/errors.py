@@ -52,3 +52,12 @@ def report_user_error(err: BaseException, default_hint: str = "") -> None:
     print(f"[rlreg] {text}", file=sys.stderr, flush=True)
     if hint:
         print(f"[rlreg] hint: {hint}", file=sys.stderr, flush=True)
+
+
+def user_exit(err: BaseException, default_hint: str = "") -> SystemExit:
+    """Print ``err`` as a user error and return the ``SystemExit`` to raise: exit code
+    :data:`EXIT_USER_ERROR`, its text the message (so callers and tests can still read it)."""
+    report_user_error(err, default_hint)
+    exc = SystemExit(str(err))
+    exc.code = EXIT_USER_ERROR
+    return exc
