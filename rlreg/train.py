@@ -97,8 +97,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         raise SystemExit(EXIT_DIVERGED) from None
     except KeyboardInterrupt:
-        print("[rlreg] interrupted by a second Ctrl-C; the newest checkpoint is intact: rerun the same command to "
-              "resume from it", file=sys.stderr, flush=True)
+        print("[rlreg] interrupted (Ctrl-C); every checkpoint written so far is intact: rerun the same command to "
+              "resume from the newest", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGNAL_BASE + signal.SIGINT) from None
     report(summary)
     return summary["last_normalized_score"]

@@ -9,7 +9,7 @@ from conftest import compose, run_config
 
 from rlreg.config import ConfigError, SACConfig, TD3Config, to_run_config
 from rlreg.regularizers.bc import BCConfig
-from rlreg.trainers.common import check_same_run, config_to_dict, derive_run_dir
+from rlreg.runs import check_same_run, config_to_dict, derive_run_dir
 
 
 def test_default_is_td3bc_on_embedded_hopper(tmp_path: Path) -> None:

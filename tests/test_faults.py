@@ -162,6 +162,11 @@ def test_errors_name_the_options_as_typed(tmp_path: Path) -> None:
         precheck(["agent.gama=0.9"])
     with pytest.raises(ConfigError, match="device='nope'"):
         run_config(["device=nope"], tmp_path)
+    with pytest.raises(ConfigError, match="dataset.env.id='Hoper-v5'.*Did you mean"):
+        train(run_config(["dataset.env.id=Hoper-v5"], tmp_path), announce=False)
+    with pytest.raises(ConfigError, match="env.id='Pendulum-v9'"):
+        train(run_config(["agent=sac", "env=pendulum", "env.id=Pendulum-v9"], tmp_path), announce=False)
+    assert not (tmp_path / "runs").exists()
 
 
 # -- 3: a custom file under an official dataset name ----------------------------------------------------

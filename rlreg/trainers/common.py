@@ -1,5 +1,10 @@
 """What the offline and online trainers share: the run directory, seeding, the agent, metrics,
-evaluation, NaN guards and checkpoints with exact resume."""
+evaluation, NaN guards, stop signals and checkpoints with exact resume.
+
+Order of a launch (:meth:`TrainerBase.train`): options are already checked (``rlreg.config``); the data
+(and env) are loaded and checked; only then is the run directory created and locked, its half-written temp
+files removed, its config and data fingerprint compared with the newest checkpoint that loads; then the
+agent is built and restored. Names, run directories and checkpoint lookup live in :mod:`rlreg.runs`."""
 
 from __future__ import annotations
 
@@ -62,6 +67,20 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r}: MPS is not available on this machine", hint="use device=cpu")
     return device
+
+
+def check_env(config: EnvConfig, option: str) -> None:
+    """Create and close the env of ``config`` once: an unknown id (or a missing extra such as ``dmc``) is a
+    :class:`ConfigError` naming ``option`` (``env.id``, ``dataset.env.id``), raised before the run dir exists."""
+    import gymnasium as gym
+
+    from rlreg.envs import make_env
+
+    try:
+        make_env(config).close()
+    except (gym.error.Error, ImportError) as err:
+        raise ConfigError(f"{option}={config.id!r}: {err}",
+                          hint="see conf/env/ for the envs rlreg knows; any registered Gymnasium id works") from None
 
 
 class StopRequested(Exception):
@@ -130,7 +149,8 @@ class TrainerBase:
     def _load_data(self) -> None:
         """Load and check whatever data the run needs, before its run directory is created (offline and
         fine-tuning: the dataset). A bad file then leaves nothing behind that could block the fixed relaunch."""
-        return None
+        if self.run.env is not None:
+            check_env(self.run.env, "env.id")
 
     def _prepare_run_dir(self) -> dict[str, Any] | None:
         """Create/lock the run dir and return the state of its newest loadable checkpoint, if any.

@@ -18,7 +18,7 @@ from rlreg.data.sources import load_dataset
 from rlreg.envs import env_spaces, normalized_score
 from rlreg.logging import RunLogger, progress_bar
 from rlreg.runs import data_fingerprint
-from rlreg.trainers.common import TrainerBase
+from rlreg.trainers.common import TrainerBase, check_env
 
 
 @dataclass
@@ -41,6 +41,7 @@ class OfflineData:
 def load_offline_data(dcfg: DatasetConfig, device: torch.device) -> OfflineData:
     """Load the dataset of ``dcfg``, check it against the spaces of its evaluation env (DatasetError naming the
     file and key otherwise), and build the state statistics, reward transform and device buffer."""
+    check_env(dcfg.env, "dataset.env.id")
     obs_dim, act_dim, max_action, obs_space, act_space = env_spaces(dcfg.env)
     dataset = load_dataset(dcfg)
     dataset.validate(
