@@ -160,7 +160,8 @@ class EnvConfig:
         if (self.ref_min_score is None) != (self.ref_max_score is None):
             raise OptionError("{ref_min_score} and {ref_max_score} must both be set or both be null",
                               "ref_min_score", "ref_max_score")
-        if self.ref_min_score is not None and self.ref_max_score is not None and self.ref_max_score <= self.ref_min_score:
+        low, high = self.ref_min_score, self.ref_max_score
+        if low is not None and high is not None and high <= low:
             raise OptionError(f"{{ref_max_score}} ({self.ref_max_score}) must be greater than {{ref_min_score}} "
                               f"({self.ref_min_score})", "ref_min_score", "ref_max_score")
 

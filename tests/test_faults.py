@@ -46,7 +46,7 @@ def offline(path: Path, tmp_path: Path, *extra: str):  # type: ignore[no-untyped
     return run_config(pendulum_offline_overrides(path) + TINY + list(extra), tmp_path)
 
 
-def cli(args: list[str], tmp_path: Path, limit_bytes: int | None = None, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+def cli(args: list[str], tmp_path: Path, limit_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m rlreg.train`` of this checkout in a subprocess (optionally with a file size limit)."""
 
     def limit() -> None:
@@ -55,7 +55,7 @@ def cli(args: list[str], tmp_path: Path, limit_bytes: int | None = None, **kw) -
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", "rlreg.train", *args, *CLI, f"run_root={tmp_path / 'runs'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit, **kw)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
 
 
 def main_in_process(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
