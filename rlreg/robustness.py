@@ -7,7 +7,8 @@ The agent is rebuilt from ``<run_dir>/config.json`` and its newest checkpoint th
 is truncated or corrupt is skipped, saying why; ``--checkpoint`` for another). At every step of an
 evaluation episode the observation ``s`` is replaced by ``s + delta`` with ``|delta_k| <= eps * sd_k``
 (an L-infinity box of ``eps`` dataset standard deviations, as in YangRui2015/RORL
-``attackers/attacker.py``) before the deterministic policy acts; the environment itself is never changed. Attack modes (``eps`` and the box are the same for all):
+``attackers/attacker.py``) before the deterministic policy acts; the environment itself is never changed.
+Attack modes (``eps`` and the box are the same for all):
 
 * ``random``: one uniform draw in the box per step.
 * ``action_diff``: 50 uniform candidates (shared by the parallel episodes), keep the one that changes
