@@ -30,12 +30,17 @@ class OptionError(ConfigError):
     """Raised by a config dataclass's ``__post_init__``: ``template`` names options as ``{field}``;
     :func:`from_dict` turns them into the names typed on the command line (``trainer.eval_episodes``)."""
 
-    def __init__(self, template: str, *fields: str, value: Any = None) -> None:
+    def __init__(self, template: str, *fields: str) -> None:
         self.template, self.fields = template, fields
         super().__init__(self.render(""))
 
     def render(self, path: str) -> str:
         return self.template.format(**{f: f"{path}.{f}" if path else f for f in self.fields})
+
+
+def _esc(value: Any) -> str:
+    """``value`` for an :class:`OptionError` template (braces doubled)."""
+    return str(value).replace("{", "{{").replace("}", "}}")
 
 
 def _check_range(obj: Any, name: str, low: float | None = None, high: float | None = None,
@@ -55,13 +60,13 @@ def _check_range(obj: Any, name: str, low: float | None = None, high: float | No
             bound = f"<= {high}"
         else:
             bound = f"in [{low}, {high}]"
-        raise OptionError(f"{{{name}}} must be {bound}, got {value}", name)
+        raise OptionError(f"{{{name}}} must be {bound}, got {_esc(value)}", name)
 
 
 def _check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(obj, name)
     if value not in allowed:
-        raise OptionError(f"{{{name}}}={value!r} is unknown; choose one of: {', '.join(allowed)}", name)
+        raise OptionError(f"{{{name}}}={_esc(repr(value))} is unknown; choose one of: {', '.join(allowed)}", name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +289,7 @@ def check_device_name(name: str) -> None:
     try:
         torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise OptionError(f"{{device}}={name!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps",
+        raise OptionError(f"{{device}}={_esc(repr(name))} is not a device; use auto, cpu, cuda, cuda:<index> or mps",
                           "device") from None
 
 
