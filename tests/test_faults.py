@@ -368,6 +368,18 @@ def test_resume_refuses_other_data_and_accepts_a_moved_copy(tmp_path: Path, pend
     pendulum_dataset.write_bytes(original)
 
 
+def test_flags_that_are_not_flags_are_refused(tmp_path: Path, pendulum_dataset: Path) -> None:
+    with h5py.File(pendulum_dataset, "r+") as f:  # a corrupted row of a custom file: terminals stored as floats
+        terminals = f["terminals"][:].astype(np.float32)
+        terminals[11] = 0.37
+        del f["terminals"]
+        f["terminals"] = terminals
+    with pytest.raises(DatasetError, match=r"pendulum_random\.hdf5: key 'terminals' has 1 value\(s\) other than "
+                       r"0/1 \(first at row 11"):
+        train(offline(pendulum_dataset, tmp_path), announce=False)
+    assert not (tmp_path / "runs").exists()
+
+
 # -- 10: Ctrl-C checkpoints like SIGTERM; a finished run keeps its wall time --------------------------------
 
 

@@ -240,6 +240,13 @@ def read_d4rl_hdf5(path: str | os.PathLike, max_episode_steps: int = 1000) -> di
                 arr = arr[:, 0]
             if arr.ndim != 1:
                 raise DatasetError(f"{p}: key '{key}' has shape {arr.shape}; expected (N,) or (N, 1)")
+            if key != "rewards" and arr.dtype != bool:
+                bad = np.flatnonzero((arr != 0) & (arr != 1))
+                if bad.size:
+                    raise DatasetError(
+                        f"{p}: key '{key}' has {bad.size} value(s) other than 0/1 (first at row {int(bad[0])}: "
+                        f"{arr[bad[0]]!r}); expected flags"
+                    )
             data[key] = arr.astype(bool) if key != "rewards" else arr
     if "timeouts" not in data:
         data["timeouts"] = _synth_timeouts(data["terminals"], max_episode_steps)
