@@ -270,12 +270,25 @@ def test_resume_skips_checkpoints_that_do_not_load(
     assert f"resuming from {ck10}" in out
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 40  # type: ignore[arg-type]
     assert load_checkpoint(ck30)["step"] == 30  # rewritten by the resumed run
+    # the unloadable files were moved aside, so the rotation never counted them against keep_checkpoints
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.corrupt")) == [
+        "ckpt_0000000020.pt.corrupt", "ckpt_0000000030.pt.corrupt"]
 
     for ckpt in list_checkpoints(run_dir):
         ckpt.write_bytes(b"garbage")
     with pytest.raises(RunDirError, match="none of its 4 checkpoint"):
         train(offline(pendulum_dataset, tmp_path, "trainer.total_steps=50", "trainer.keep_checkpoints=5"),
               announce=False)
+
+
+def test_unloadable_newer_checkpoints_never_push_good_ones_out(tmp_path: Path, pendulum_dataset: Path) -> None:
+    run = offline(pendulum_dataset, tmp_path, "trainer.keep_checkpoints=2")
+    run_dir = derive_run_dir(run)
+    train(run, announce=False)
+    for step in (50, 60):  # garbage under newer step numbers than any good checkpoint
+        (run_dir / "checkpoints" / f"ckpt_{step:010d}.pt").write_bytes(b"garbage")
+    train(offline(pendulum_dataset, tmp_path, "trainer.keep_checkpoints=2", "trainer.total_steps=25"), announce=False)
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(run_dir)] == [20, 25]
 
 
 # -- 6: disk full -----------------------------------------------------------------------------------------

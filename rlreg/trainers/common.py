@@ -182,11 +182,15 @@ class TrainerBase:
             # the data is identified by its fingerprint when the checkpoint has one: a moved file is the same data
             moved = ("dataset.path",) if state is not None and state.get("data_fingerprint") else ()
             check_same_run(stored, current, self.run_dir, also_resumable=moved)
-            for bad in skipped:
-                self._say(f"skipped checkpoint {bad}")
             if ckpt is None or state is None:
                 raise no_loadable_checkpoint(self.run_dir, skipped)
             self._check_same_data(state, ckpt)
+            for bad in skipped:
+                # moved aside: left in place, newer unloadable files would count against trainer.keep_checkpoints
+                # and could make the rotation delete the good checkpoints written after the resume
+                aside = bad.path.with_name(bad.path.name + ".corrupt")
+                bad.path.replace(aside)
+                self._say(f"skipped checkpoint {bad} (moved aside to {aside.name})")
             self._say(f"resuming from {ckpt}" + (f" (skipped {len(skipped)} newer checkpoint(s) that do not load)"
                                                   if skipped else ""))
         else:
