@@ -77,7 +77,10 @@ class SweepManifest(Callback):
         else:
             err = getattr(job_return, "_return_value", None)
             info["status"] = "failed"
-            info["error"] = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+            if type(err).__name__ == "SweepJobError":  # rlreg.train: a user error, its message names its class
+                info["error"] = str(err)
+            else:
+                info["error"] = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
         _write_manifest(config, info)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from rlreg.config import CONF_DIR as _CONF_PATH
@@ -50,6 +51,11 @@ def report(summary: dict[str, Any]) -> None:
         ),
         flush=True,
     )
+
+
+class SweepJobError(CompactHydraException):
+    """A user error (or divergence) of one job of a multirun: the job is recorded as failed with this message
+    (``rlreg_job.json``, ``rlreg.results``), and Hydra reports it at the end as one line, without a traceback."""
 
 
 def _is_multirun() -> bool:
@@ -88,13 +94,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except UserError as err:
         report_user_error(err)
         if multirun:
-            raise
+            raise SweepJobError(f"{type(err).__name__}: {err}") from None
         raise SystemExit(EXIT_USER_ERROR) from None
     except NonFiniteError as err:
         report_user_error(err, "rerunning the same command resumes from that checkpoint and diverges again; change "
                           "a hyperparameter (with tag=<name> for a new run) or check the data")
         if multirun:
-            raise
+            raise SweepJobError(f"{type(err).__name__}: {err}") from None
         raise SystemExit(EXIT_DIVERGED) from None
     except KeyboardInterrupt:
         print("[rlreg] interrupted (Ctrl-C); every checkpoint written so far is intact: rerun the same command to "
