@@ -162,9 +162,7 @@ class EnvConfig:
         _check_range(self, "max_episode_steps", 1, optional=True)
         _check_range(self, "ref_min_score", optional=True)
         _check_range(self, "ref_max_score", optional=True)
-        if (self.ref_min_score is None) != (self.ref_max_score is None):
-            raise OptionError("{ref_min_score} and {ref_max_score} must both be set or both be null",
-                              "ref_min_score", "ref_max_score")
+        # one of the two may stay null (a Minari dataset's metadata may fill it); no normalized score without both
         low, high = self.ref_min_score, self.ref_max_score
         if low is not None and high is not None and high <= low:
             raise OptionError(f"{{ref_max_score}} ({self.ref_max_score}) must be greater than {{ref_min_score}} "

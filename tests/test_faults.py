@@ -348,8 +348,10 @@ def test_config_dataclasses_check_their_ranges() -> None:
         TrainerConfig(checkpoint_every=7, log_every=5)
     with pytest.raises(OptionError, match="action_noise must be >= 0"):
         DatasetConfig(action_noise=-0.1)
-    with pytest.raises(OptionError, match="both be set or both be null"):
-        EnvConfig(ref_min_score=0.0)
+    with pytest.raises(OptionError, match=r"ref_max_score \(1.0\) must be greater than ref_min_score \(2.0\)"):
+        EnvConfig(ref_min_score=2.0, ref_max_score=1.0)
+    with pytest.raises(OptionError, match="max_episode_steps must be >= 1"):
+        EnvConfig(max_episode_steps=0)
 
 
 # -- 9: data identity by content --------------------------------------------------------------------------
