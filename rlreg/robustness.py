@@ -58,10 +58,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlreg.agents import build_agent
 from rlreg import runs
+from rlreg.agents import build_agent
 from rlreg.config import AgentConfig, EnvConfig, RunConfig
-from rlreg.envs import env_spaces, evaluate, normalized_score
+from rlreg.envs import env_setup, env_spaces, evaluate, normalized_score
 from rlreg.learners.base import Learner
 from rlreg.nets import TanhGaussianActor
 from rlreg.regularizers.rorl import symmetric_kl
@@ -131,9 +131,8 @@ def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint
     for bad in stored.skipped:
         print(f"[rlreg] skipped checkpoint {bad}; using {stored.checkpoint}", file=sys.stderr, flush=True)
     run, ckpt, state = stored.run, stored.checkpoint, stored.state
-    obs_dim, act_dim, max_action, _, _ = env_spaces(eval_env(run))
     bare = AgentConfig(run.agent.name, run.agent.learner, run.agent.learner_config, regularizers={})
-    learner = build_agent(bare, obs_dim, act_dim, max_action, device)
+    learner = build_agent(bare, env_setup(eval_env(run), device, seed=run.seed))
     networks = state["learner"]["networks"]
     # input normalisers set at bind time (RORL) hold no buffers until given statistics: make room
     for key, value in networks.items():

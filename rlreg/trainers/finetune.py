@@ -33,14 +33,13 @@ import torch
 from rlreg.agents import build_agent
 from rlreg.checkpoint import load_checkpoint
 from rlreg.config import ConfigError, RunConfig
-from rlreg.data.buffers import ReplayBuffer
-from rlreg.envs import make_env
+from rlreg.data.buffers import BUFFER_ROWS
+from rlreg.envs import env_setup, make_env
 from rlreg.errors import NotFoundError, RunDirError
 from rlreg.runs import derive_run_dir, load_newest_checkpoint, no_loadable_checkpoint
 from rlreg.trainers.offline import load_offline_data
 from rlreg.trainers.online import OnlineTrainer, episode_seed
 
-_ROWS = ("observations", "actions", "rewards", "next_observations", "not_done")
 
 
 def offline_run_dir(run: RunConfig) -> Path:
@@ -61,7 +60,7 @@ class FinetuneTrainer(OnlineTrainer):
     def _load_data(self) -> None:
         dcfg, t = self.run.dataset, self.run.trainer
         assert dcfg is not None
-        self.data = load_offline_data(dcfg, self.device)
+        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
         self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
         n = len(self.data.buffer)
         if t.buffer_size < n + t.total_steps:
@@ -74,18 +73,17 @@ class FinetuneTrainer(OnlineTrainer):
         dcfg, t, data = self.run.dataset, self.run.trainer, self.data
         assert dcfg is not None
         self.eval_env = dcfg.env
-        obs_dim, act_dim = data.obs_dim, data.act_dim
-        self.act_low = data.action_space.low.astype(np.float32)
-        self.act_high = data.action_space.high.astype(np.float32)
         self.obs_mean, self.obs_std = data.obs_mean, data.obs_std
         offline = data.buffer
-        self.buffer = ReplayBuffer(t.buffer_size, obs_dim, act_dim, device=self.device)
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=data.dataset, buffer=offline,
+                          obs_mean=self.obs_mean, obs_std=self.obs_std)
+        self.learner = build_agent(self.run.agent, setup)
+        self.buffer = self._replay_buffer(setup.obs_dim, t.buffer_size)
         self.buffer.add(offline.observations, offline.actions, offline.rewards, offline.next_observations,
                         1.0 - offline.not_done)
+        self.sampler = self.learner.sampler(self.buffer)
         self.prefill = len(offline)
         self.env = self._wrap_env(make_env(dcfg.env), data.reward_fn)
-        self.learner = build_agent(self.run.agent, obs_dim, act_dim, data.max_action, self.device,
-                                   dataset=data.dataset, buffer=offline)
         self.updates = 0
         self.episode = 0
         self.episode_actions: list[np.ndarray] = []
@@ -152,7 +150,7 @@ class FinetuneTrainer(OnlineTrainer):
     def _extra_state(self) -> dict[str, Any]:
         state = super()._extra_state()
         buf = dict(state["buffer"])
-        for key in _ROWS:
+        for key in BUFFER_ROWS:
             buf[key] = buf[key][self.prefill:].clone()
         buf["prefill"] = self.prefill
         state["buffer"] = buf
@@ -165,7 +163,7 @@ class FinetuneTrainer(OnlineTrainer):
             raise ValueError(f"checkpoint was written with {prefill} pre-filled offline rows; the dataset now "
                              f"gives {self.prefill}")
         base = self.buffer.state_dict()  # at this point: the pre-filled rows only
-        for key in _ROWS:
+        for key in BUFFER_ROWS:
             rows = buf[key]
             assert isinstance(rows, torch.Tensor)
             buf[key] = torch.cat([base[key], rows])  # type: ignore[list-item]

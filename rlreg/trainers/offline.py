@@ -15,7 +15,7 @@ from rlreg.config import DatasetConfig
 from rlreg.data.buffers import OfflineBuffer
 from rlreg.data.dataset import TransitionDataset, make_reward_fn
 from rlreg.data.sources import load_dataset
-from rlreg.envs import env_spaces, normalized_score
+from rlreg.envs import env_setup, env_spaces, normalized_score
 from rlreg.logging import RunLogger, progress_bar
 from rlreg.runs import data_fingerprint
 from rlreg.trainers.common import TrainerBase, check_env
@@ -26,23 +26,21 @@ class OfflineData:
     """A dataset loaded and checked against its env, with what the trainers derive from it."""
 
     dataset: TransitionDataset
-    obs_dim: int
-    act_dim: int
-    max_action: float
     observation_space: gym.spaces.Box
     action_space: gym.spaces.Box
     obs_mean: np.ndarray | None  # state normalisation (dataset.normalize_states), else None
     obs_std: np.ndarray | None
     reward_fn: Callable[[np.ndarray], np.ndarray]
-    buffer: OfflineBuffer  # normalised states, transformed rewards, on the device
+    buffer: OfflineBuffer  # normalised states, transformed rewards, discounts, on the device
     fingerprint: str  # rlreg.runs.data_fingerprint of the arrays as loaded
 
 
-def load_offline_data(dcfg: DatasetConfig, device: torch.device) -> OfflineData:
+def load_offline_data(dcfg: DatasetConfig, device: torch.device, gamma: float) -> OfflineData:
     """Load the dataset of ``dcfg``, check it against the spaces of its evaluation env (DatasetError naming the
-    file and key otherwise), and build the state statistics, reward transform and device buffer."""
+    file and key otherwise), and build the state statistics, reward transform and device buffer (discounts
+    ``gamma * not_done``). The offline and the fine-tuning trainers call it before creating the run dir."""
     check_env(dcfg.env, "dataset.env.id")
-    obs_dim, act_dim, max_action, obs_space, act_space = env_spaces(dcfg.env)
+    _, _, _, obs_space, act_space = env_spaces(dcfg.env)
     dataset = load_dataset(dcfg)
     dataset.validate(
         observation_shape=obs_space.shape,
@@ -54,16 +52,16 @@ def load_offline_data(dcfg: DatasetConfig, device: torch.device) -> OfflineData:
     if dcfg.normalize_states:
         obs_mean, obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
     reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
-    buffer = OfflineBuffer(dataset, device=device, obs_mean=obs_mean, obs_std=obs_std, reward_fn=reward_fn)
-    return OfflineData(dataset, obs_dim, act_dim, max_action, obs_space, act_space, obs_mean, obs_std, reward_fn,
-                       buffer, data_fingerprint(dataset))
+    buffer = OfflineBuffer(dataset, device=device, obs_mean=obs_mean, obs_std=obs_std, reward_fn=reward_fn,
+                           gamma=gamma)
+    return OfflineData(dataset, obs_space, act_space, obs_mean, obs_std, reward_fn, buffer, data_fingerprint(dataset))
 
 
 class OfflineTrainer(TrainerBase):
     def _load_data(self) -> None:
         dcfg = self.run.dataset
         assert dcfg is not None
-        self.data = load_offline_data(dcfg, self.device)
+        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
         self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
 
     def _setup(self) -> None:
@@ -79,10 +77,9 @@ class OfflineTrainer(TrainerBase):
         )
         self.obs_mean, self.obs_std = data.obs_mean, data.obs_std
         self.buffer = data.buffer
-        self.learner = build_agent(
-            self.run.agent, data.obs_dim, data.act_dim, data.max_action, self.device, dataset=data.dataset,
-            buffer=self.buffer,
-        )
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=data.dataset, buffer=self.buffer,
+                          obs_mean=self.obs_mean, obs_std=self.obs_std)
+        self.learner = build_agent(self.run.agent, setup)
         self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
 
     def _extra_state(self) -> dict[str, Any]:
