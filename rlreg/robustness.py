@@ -3,11 +3,12 @@
     python -m rlreg.robustness <run_dir> [<run_dir> ...] --eps 0 0.05 0.1 0.15 0.2 \\
         --attack random action_diff min_Q [--episodes 10] [--attacker-run <run_dir>] [--summary <dir>]
 
-The agent is rebuilt from ``<run_dir>/config.json`` and its latest checkpoint (``--checkpoint`` for
-another). At every step of an evaluation episode the observation ``s`` is replaced by
-``s + delta`` with ``|delta_k| <= eps * sd_k`` (an L-infinity box of ``eps`` dataset standard
-deviations, as in YangRui2015/RORL ``attackers/attacker.py``) before the deterministic policy acts; the
-environment itself is never changed. Attack modes (``eps`` and the box are the same for all):
+The agent is rebuilt from ``<run_dir>/config.json`` and its newest checkpoint that loads (a newer one that
+is truncated or corrupt is skipped, saying why; ``--checkpoint`` for another). At every step of an
+evaluation episode the observation ``s`` is replaced by ``s + delta`` with ``|delta_k| <= eps * sd_k``
+(an L-infinity box of ``eps`` dataset standard deviations, as in YangRui2015/RORL
+``attackers/attacker.py``) before the deterministic policy acts; the environment itself is never changed.
+Attack modes (``eps`` and the box are the same for all):
 
 * ``random``: one uniform draw in the box per step.
 * ``action_diff``: 50 uniform candidates (shared by the parallel episodes), keep the one that changes
@@ -54,6 +55,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,13 +64,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlreg import runs
 from rlreg.agents import build_agent
-from rlreg.checkpoint import latest_checkpoint, load_checkpoint
-from rlreg.config import AgentConfig, EnvConfig, RunConfig, to_run_config
+from rlreg.config import AgentConfig, EnvConfig, RunConfig
 from rlreg.envs import env_setup, env_spaces, evaluate, normalized_score
 from rlreg.learners.base import Learner
 from rlreg.nets import TanhGaussianActor
 from rlreg.regularizers.rorl import symmetric_kl
+from rlreg.runs import run_config_from_dir, run_name, task_name  # noqa: F401  (run_config_from_dir: public here too)
 
 
 @dataclass(frozen=True)
@@ -96,18 +99,6 @@ STD_SOURCES = ("auto", "checkpoint", "dataset", "buffer", "ones")
 # --------------------------------------------------------------------------------------------------
 
 
-def run_config_from_dir(run_dir: Path) -> RunConfig:
-    """The :class:`RunConfig` stored in ``<run_dir>/config.json`` (written by the trainer)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json; is this a run directory written by rlreg.train?")
-    raw = json.loads(path.read_text())
-    agent = raw.pop("agent")
-    raw["agent"] = {"name": agent["name"], "learner": agent["learner"], **agent["learner_config"]}
-    raw["regularizer"] = agent["regularizers"]
-    return to_run_config(raw)
-
-
 def eval_env(run: RunConfig) -> EnvConfig:
     """The env a run is evaluated in: its dataset's env (offline, fine-tuning) or its training env (online)."""
     if run.dataset is not None and run.trainer.mode != "online":
@@ -133,21 +124,20 @@ class LoadedRun:
 
     @property
     def name(self) -> str:
-        from rlreg.trainers.common import run_name
-
-        return f"{run_name(self.run)}/{self.run.task_name}"
+        return f"{run_name(self.run)}/{task_name(self.run)}"
 
 
 def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint: Path | None = None) -> LoadedRun:
     """Rebuild the learner of a run (without its regularizers: acting and the critics need none) and load
-    its networks from the latest (or the given) checkpoint. All parameters are frozen, eval mode."""
+    its networks from the newest checkpoint that loads (or the given one; a newer checkpoint that does not
+    load is skipped with a note saying why). All parameters are frozen, eval mode."""
     run_dir = Path(run_dir)
     device = torch.device(device)
-    run = run_config_from_dir(run_dir)
-    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
-    state = load_checkpoint(ckpt, map_location=device)
+    stored = runs.load_run(run_dir, map_location=device, checkpoint=checkpoint)
+    for bad in stored.skipped:
+        print(f"[rlreg] skipped checkpoint {bad}; using {stored.checkpoint}", file=sys.stderr, flush=True)
+    run, ckpt, state = stored.run, stored.checkpoint, stored.state
+
     def arr(x: Any) -> np.ndarray | None:
         return None if x is None else torch.as_tensor(x).detach().cpu().numpy().astype(np.float32)
 
@@ -161,7 +151,6 @@ def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint
         raise RuntimeError(f"{ckpt}: the checkpoint lacks {missing[:3]} of the rebuilt {run.agent.name} learner")
     learner.eval()
     learner.requires_grad_(False)
-
     return LoadedRun(run_dir, run, learner, ckpt, state, arr(state.get("obs_mean")), arr(state.get("obs_std")))
 
 
@@ -589,5 +578,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return all_rows
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` with the exit codes of the README: a user error is one ``[rlreg]`` line and a hint, exit 2."""
+    from rlreg.errors import EXIT_USER_ERROR, UserError, report_user_error
+
+    try:
+        main(argv)
+    except UserError as err:
+        report_user_error(err)
+        return EXIT_USER_ERROR
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())
