@@ -94,7 +94,7 @@ def test_bc_loss_is_the_tanh_gaussian_nll_and_std_has_a_floor() -> None:
 
 def test_sac_losses_use_lambda_kl_in_place_of_the_entropy() -> None:
     """L_pi = mean(lambda KL(pi(s) || pi_BC(s)) - min_j Q_j(s, a~)); y = r + gamma (1 - d) (min_j Q'_j(s', a')
-    - lambda KL(pi(s') || pi_BC(s'))), sequential order (actor step before the critic loss)."""
+    - lambda KL(pi(s') || pi_BC(s'))), in the one hook order (critic step, then the actor loss)."""
     learner, reg = bound_regularizer(lam=0.7, mode="fixed")
     with torch.no_grad():
         reg.prior.mean_head.bias.fill_(0.5)  # a prior unlike the actor: KL > 0
@@ -109,19 +109,19 @@ def test_sac_losses_use_lambda_kl_in_place_of_the_entropy() -> None:
         return gaussian_kl(m, ls, m0, l0)
 
     gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        a, _ = before.actor(batch.observations, generator=gen)  # same draws as the learner's sampler
-        x = torch.cat([batch.observations, a], -1)
-        q = torch.minimum(before.critic.net.member(0)(x), before.critic.net.member(1)(x)).squeeze(-1)
-        expected_actor = (0.7 * kl_at(before.actor, batch.observations) - q).mean()
-        actor_after = learner.actor
-        a_next, _ = actor_after(batch.next_observations, generator=gen)
+    with torch.no_grad():  # the one hook order: critic step first (its next-action draw first), then the actor
+        a_next, _ = before.actor(batch.next_observations, generator=gen)  # same draws as the learner's sampler
         x_next = torch.cat([batch.next_observations, a_next], -1)
         q_next = torch.minimum(before.critic_target.net.member(0)(x_next),
                                before.critic_target.net.member(1)(x_next)).squeeze(-1)
-        y = batch.rewards + 0.9 * batch.not_done * (q_next - 0.7 * kl_at(actor_after, batch.next_observations))
+        y = batch.rewards + 0.9 * batch.not_done * (q_next - 0.7 * kl_at(before.actor, batch.next_observations))
         x = torch.cat([batch.observations, batch.actions], -1)
         expected_critic = sum(((before.critic.net.member(i)(x).squeeze(-1) - y) ** 2).mean() for i in range(2))
+        a, _ = before.actor(batch.observations, generator=gen)
+        x = torch.cat([batch.observations, a], -1)
+        critic_after = learner.critic  # the actor loss sees the critic after this update's critic step
+        q = torch.minimum(critic_after.net.member(0)(x), critic_after.net.member(1)(x)).squeeze(-1)
+        expected_actor = (0.7 * kl_at(before.actor, batch.observations) - q).mean()
     assert metrics["actor/loss"].item() == pytest.approx(expected_actor.item(), rel=1e-5)
     assert metrics["critic/loss"].item() == pytest.approx(float(expected_critic), rel=1e-5)
     assert metrics["actor/kl"].item() == pytest.approx(kl_at(before.actor, batch.observations).mean().item(),
@@ -143,9 +143,8 @@ def test_fixed_mode_keeps_lambda_and_learn_alpha_is_refused() -> None:
     learner.update(tiny_batch(), step=1, generator=torch.Generator().manual_seed(0))
     assert reg.coef().item() == pytest.approx(0.1)
     reg2 = DemoRegRegularizer(DemoRegConfig())
-    sac = SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg2])
     with pytest.raises(ConfigError, match="learn_alpha=false"):
-        reg2.bind(sac, SetupContext(3, 2, 1.0, torch.device("cpu")))
+        SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg2])
     with pytest.raises(ConfigError, match="regularizer.demoreg.mode"):
         DemoRegRegularizer(DemoRegConfig(mode="adaptive"))
 

@@ -104,8 +104,10 @@ def test_actor_step_every_policy_freq_updates_on_the_mean_q() -> None:
     assert learner.log_alpha.item() == alpha0
     before = copy.deepcopy(learner)
     metrics = learner.update(batch, 20, torch.Generator().manual_seed(99))
-    with torch.no_grad():
-        a, logp = before.actor(batch.observations, generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():  # the critic's next-action draw comes first (one hook order), then the actor's sample
+        gen = torch.Generator().manual_seed(99)
+        before.actor(batch.next_observations, generator=gen)
+        a, logp = before.actor(batch.observations, generator=gen)
         x = torch.cat([batch.observations, a], -1)
         q_mean = (before.critic.net.member(0)(x) + before.critic.net.member(1)(x)).squeeze(-1) / 2
         expected = (0.3 * logp - q_mean).mean()
