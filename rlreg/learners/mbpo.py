@@ -94,3 +94,188 @@ class DynamicsConfig:
                                 standardize_targets=self.standardize_targets)
 
 
+
+
+class _ModelMixSampler:
+    """``int(B * real_ratio)`` real rows and ``B - int(B * real_ratio)`` rows of the learner's *current* model
+    buffer (it may be reallocated between calls), concatenated (MBPO ``_training_batch``)."""
+
+    def __init__(self, learner: "MBPOLearner", real: Any) -> None:
+        self.learner, self.real = learner, real
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        n_real = int(batch_size * self.learner.config.real_ratio)
+        if n_real >= batch_size:
+            return self.real.sample(batch_size, generator)
+        model = self.learner.model_buffer
+        if model is None or len(model) == 0:
+            raise RuntimeError(
+                "MBPO: the model buffer is empty at a gradient update; agent.warmup_steps "
+                f"({self.learner.config.warmup_steps}) must equal trainer.warmup_steps (the model is first trained "
+                "and rolled out right after the warm-up)"
+            )
+        fake = model.sample(batch_size - n_real, generator)
+        if n_real == 0:
+            return fake
+        real = self.real.sample(n_real, generator)
+        return Batch(*(torch.cat([x, y], dim=0) for x, y in zip(real, fake)))
+
+
+@dataclass
+class MBPOConfig(SACConfig):
+    """SAC's options (``agent.*``) plus the model-based ones (MBPO ``examples/config``, online_mb.md 6.2)."""
+
+    model: DynamicsConfig = field(default_factory=DynamicsConfig)
+    real_ratio: float = 0.05  # share of real transitions in each SAC batch
+    model_train_freq: int = 250  # env steps between model trainings (and rollouts)
+    epoch_length: int = 1000  # env steps per epoch (the rollout schedule's unit)
+    rollout_batch_size: int = 100_000  # start states per rollout
+    rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 1)  # [e0, e1, k0, k1]
+    model_retain_epochs: int = 1
+    warmup_steps: int = 5000  # = trainer.warmup_steps: the model phase starts after it
+    termination: str = "auto"  # auto (from env.id) | hopper | walker2d | ant | humanoid | inverted_pendulum | ...
+    lipschitz_probe: int = 1024  # rollout states for the model/q_lipschitz diagnostic (0: off)
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if not 0.0 <= self.real_ratio <= 1.0:
+            raise ConfigError(f"agent.real_ratio must be in [0, 1], got {self.real_ratio}")
+        for key in ("model_train_freq", "epoch_length", "rollout_batch_size", "model_retain_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(self, key)}")
+        e0, e1, k0, k1 = self.rollout_schedule
+        if e1 <= e0 or k0 < 1 or k1 < 1:
+            raise ConfigError(f"agent.rollout_schedule [e0, e1, k0, k1] needs e1 > e0 and k >= 1, got "
+                              f"{list(self.rollout_schedule)}")
+        if self.warmup_steps < 0 or self.lipschitz_probe < 0:
+            raise ConfigError("agent.warmup_steps and agent.lipschitz_probe must be >= 0")
+        if getattr(self, "n_step", 1) != 1:
+            raise ConfigError(f"agent.n_step must be 1 for MBPO (model rollouts are one-step), got {self.n_step}")
+
+
+@register_learner("mbpo", MBPOConfig, family="sac")
+class MBPOLearner(SACLearner):
+    """SAC (:class:`rlreg.learners.sac.SACLearner`) whose batches mix real and model transitions; the dynamics
+    model, its optimiser (``optimizers["model"]``), the model buffer and the rollout length are checkpointed."""
+
+    config: MBPOConfig
+
+    def __init__(self, setup: SetupContext, config: MBPOConfig, regularizers: Sequence[Regularizer] = ()) -> None:
+        super().__init__(setup, config, regularizers)
+        self.obs_dim = int(setup.obs_dim)
+        self.act_dim = int(setup.action_spec.dim)
+        self.device = torch.device(setup.device)
+        env = setup.env
+        try:
+            self.termination: TerminationFn = termination_fn(
+                config.termination, env.id if env is not None else None, env.kwargs if env is not None else None)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.dynamics = config.model.build(self.obs_dim, self.act_dim)
+        self.optimizers["model"] = adam(self.dynamics.parameters(), config.model.lr)
+        self.model_buffer: ReplayBuffer | None = None
+        self.rollout_k = 0
+
+    # -- the contract's data hooks -----------------------------------------------------------------
+    def sampler(self, real_buffer: Any) -> _ModelMixSampler:
+        return _ModelMixSampler(self, real_buffer)
+
+    def on_env_step(self, step: int, real_buffer: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        c = self.config
+        t = step - c.warmup_steps - 1
+        if t < 0 or t % c.model_train_freq != 0 or c.real_ratio >= 1.0:
+            return {}
+        metrics = self.train_model(real_buffer, generator)
+        self.set_rollout_length(rollout_length(t // c.epoch_length, c.rollout_schedule))
+        metrics.update(self.rollout(real_buffer, generator))
+        if c.lipschitz_probe > 0:
+            metrics["model/q_lipschitz"] = self.q_lipschitz(c.lipschitz_probe, generator)
+        return metrics
+
+    def state_std(self) -> Tensor:
+        """Per-dimension std of the real states (the model's input scaler, refit at every model training)."""
+        return self.dynamics.in_std[: self.obs_dim]
+
+    # -- model training and rollouts ---------------------------------------------------------------
+    def train_model(self, real_buffer: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        """Fit the dynamics model on every real transition (holdout early stopping, elites)."""
+        m = self.config.model
+        n = len(real_buffer)
+        obs, nxt = real_buffer.observations[:n], real_buffer.next_observations[:n]
+        inputs = torch.cat([obs, real_buffer.actions[:n].to(obs.dtype)], dim=-1)
+        targets = self.dynamics.targets_of(obs, real_buffer.rewards[:n], nxt)
+        with torch.enable_grad():
+            res = self.dynamics.fit(inputs, targets, self.optimizers["model"], generator, batch_size=m.batch_size,
+                                    holdout_ratio=m.holdout_ratio, max_holdout=m.max_holdout, patience=m.patience,
+                                    min_improvement=m.min_improvement, max_epochs=m.max_epochs)
+        return {"model/holdout_mse": res.holdout_mse, "model/train_loss": res.train_loss,
+                "model/epochs": torch.tensor(float(res.epochs))}
+
+    def set_rollout_length(self, k: int) -> None:
+        """Set ``k`` and (re)allocate the model buffer for it, keeping the newest rows."""
+        c = self.config
+        capacity = model_buffer_capacity(k, c.rollout_batch_size, c.epoch_length, c.model_train_freq,
+                                         c.model_retain_epochs)
+        self.rollout_k = int(k)
+        if self.model_buffer is None:
+            self.model_buffer = self._new_model_buffer(capacity)
+        elif self.model_buffer.capacity != capacity:
+            self.model_buffer = self.model_buffer.resized(capacity)
+
+    def _new_model_buffer(self, capacity: int) -> ReplayBuffer:
+        return ReplayBuffer(capacity, self.obs_dim, self.act_dim, device=self.device, gamma=self.config.gamma)
+
+    @torch.no_grad()
+    def _policy(self, obs: Tensor, generator: torch.Generator, chunk: int = 25_000) -> Tensor:
+        return torch.cat([self.actor(obs[i:i + chunk], deterministic=False, with_log_prob=False, generator=generator)[0]
+                          for i in range(0, obs.shape[0], chunk)])
+
+    @torch.no_grad()
+    def rollout(self, real_buffer: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        """``rollout_batch_size`` model rollouts of length ``rollout_k`` from real start states into the model buffer."""
+        assert self.model_buffer is not None
+        n0 = self.config.rollout_batch_size
+        obs = real_buffer.sample(n0, generator).observations
+        added = 0
+        for _ in range(self.rollout_k):
+            act = self._policy(obs, generator)
+            nxt, rew = self.dynamics.step(obs, act, generator)
+            term = self.termination(nxt)
+            self.model_buffer.add(obs, act, rew, nxt, term, torch.zeros_like(term))
+            added += obs.shape[0]
+            keep = ~term
+            if not bool(keep.any()):
+                break
+            obs = nxt[keep]
+        return {"model/rollout_length": torch.tensor(float(self.rollout_k)),
+                "model/mean_rollout_length": torch.tensor(added / n0),
+                "model/buffer_size": torch.tensor(float(len(self.model_buffer)))}
+
+    def q_lipschitz(self, n: int, generator: torch.Generator) -> Tensor:
+        """Mean over critics and ``n`` model-buffer states of ``||grad_s Q_j(s, a)||_2`` (a held fixed)."""
+        assert self.model_buffer is not None
+        batch = self.model_buffer.sample(n, generator)
+        e = self.critic.num_members
+        with torch.enable_grad():
+            s = batch.observations.expand(e, *batch.observations.shape).clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.critic(s, batch.actions).sum(), s)
+        return grad.norm(dim=-1).mean().detach()
+
+    # -- checkpointing -----------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        state = dict(super().extra_state())
+        state["rollout_k"] = self.rollout_k
+        state["model_buffer"] = None if self.model_buffer is None else self.model_buffer.state_dict()
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.rollout_k = int(state["rollout_k"])
+        saved = state["model_buffer"]
+        self.model_buffer = None
+        if saved is not None:
+            self.model_buffer = self._new_model_buffer(int(saved["capacity"]))
+            self.model_buffer.load_state_dict(saved)
+
