@@ -127,7 +127,8 @@ def _layers(critic) -> list:
 
 
 def test_spectral_norm_critics_and_their_targets(tmp_path: Path) -> None:
-    learner = _learner(tmp_path, "mbpo_lipschitz", ("agent.tau=0.1",))
+    learner = _learner(tmp_path, "mbpo_lipschitz")
+    tau = learner.config.tau
     learner.train()
     real, gen = _real_buffer(300), torch.Generator().manual_seed(0)
     learner.on_env_step(101, real, gen)
@@ -141,12 +142,15 @@ def test_spectral_norm_critics_and_their_targets(tmp_path: Path) -> None:
         learner.update(sampler.sample(64, gen), step, gen)
         for lin, old, online in zip(_layers(learner.critic_target), target_before, _layers(learner.critic)):
             # Polyak on the raw (un-normalised) weights; u, v are the target's own, moved by its own forward
-            assert torch.allclose(lin.weight, torch.lerp(old, online.weight.detach(), 0.1), atol=1e-6)
+            assert torch.allclose(lin.weight, torch.lerp(old, online.weight.detach(), tau), atol=1e-6)
         assert any(not torch.equal(lin.sn_u, u) for lin, u in zip(_layers(learner.critic_target), u_before))
+    # one power iteration per training forward: the estimate lags a moving weight by a few percent at most
     for net in (learner.critic, learner.critic_target):
         for lin in _layers(net):
             sigma = torch.linalg.matrix_norm(lin.effective_weight().detach(), ord=2)
-            assert (sigma <= 1.0 + 2e-2).all(), sigma
+            assert (sigma <= 1.05).all(), sigma
+    plain = _learner(tmp_path, "mbpo")
+    assert max(torch.linalg.matrix_norm(lin.weight.detach(), ord=2).max().item() for lin in _layers(plain.critic)) > 1.5
     # in eval mode the stored u, v are used as they are (no power iteration)
     learner.eval()
     u = [lin.sn_u.clone() for lin in _layers(learner.critic_target)]
@@ -170,7 +174,7 @@ def test_adversarial_term_in_the_critic_loss(tmp_path: Path) -> None:
 def test_lipschitz_needs_a_learner_that_provides_the_state_std(tmp_path: Path) -> None:
     run = run_config(["agent=sac", "env=inverted_pendulum", "regularizer=[lipschitz]"], tmp_path)
     assert run.env is not None
-    with pytest.raises(ConfigError, match="regularizer=lipschitz needs state_std"):
+    with pytest.raises(ConfigError, match="regularizer=lipschitz needs state_std from its learner"):
         build_agent(run.agent, env_setup(run.env, "cpu"))
 
 
@@ -197,19 +201,20 @@ RESUME = [
     "trainer.utd_ratio=2",
     "trainer.batch_size=32",
     "trainer.log_every=10",
-    "trainer.eval_every=150",
+    "trainer.eval_every=100",
     "trainer.eval_episodes=1",
     "trainer.checkpoint_every=70",
 ]
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
-    train(run_config(RESUME + ["trainer.total_steps=150", f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
-    # stopped at env step 70 (model phase, k = 2, a reallocated model buffer), then resumed
-    train(run_config(RESUME + ["trainer.total_steps=70", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
+    train(run_config(RESUME + ["trainer.total_steps=200", f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
+    # stopped at env step 140 (model trained at steps 51, 71, ..., 131; k grew 1 -> 2 -> 3, the model buffer was
+    # reallocated twice), then resumed: three more model trainings and rollouts
+    train(run_config(RESUME + ["trainer.total_steps=140", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
     mid = final_state(tmp_path / "part")["learner"]["extra"]
-    assert mid["rollout_k"] == 2 and mid["model_buffer"]["size"] > 0
-    train(run_config(RESUME + ["trainer.total_steps=150", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
+    assert mid["rollout_k"] == 3 and mid["model_buffer"]["capacity"] == 3 * 64 * 2
+    train(run_config(RESUME + ["trainer.total_steps=200", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
     a, b = final_state(tmp_path / "full"), final_state(tmp_path / "part")
     assert_same_learner(a, b)
     ea, eb = a["learner"]["extra"], b["learner"]["extra"]
@@ -220,3 +225,33 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     rows_a = comparable(read_metrics(tmp_path / "full" / "metrics.jsonl"))
     assert rows_a == comparable(read_metrics(tmp_path / "part" / "metrics.jsonl"))
     assert any("model/holdout_mse" in r for r in rows_a) and any("lipschitz/robust" in r for r in rows_a)
+
+
+LEARN = [
+    "agent=mbpo",
+    "env=inverted_pendulum",
+    "agent.actor_hidden=[64,64]",
+    "agent.critic_hidden=[64,64]",
+    "agent.model.num_members=3",
+    "agent.model.num_elites=2",
+    "agent.model.hidden=[64,64,64,64]",
+    "agent.model.max_epochs=5",
+    "agent.rollout_batch_size=1000",
+    "agent.lipschitz_probe=0",
+    "trainer.total_steps=1500",
+    "trainer.warmup_steps=250",
+    "trainer.utd_ratio=5",
+    "trainer.batch_size=128",
+    "trainer.eval_every=1500",
+    "trainer.eval_episodes=5",
+    "trainer.log_every=250",
+    "trainer.checkpoint_every=1500",
+]
+
+
+def test_mbpo_learns_inverted_pendulum(tmp_path: Path) -> None:
+    """MBPO (3 Gaussian members, 64-unit networks, UTD 5, 1,000-state rollouts) on InvertedPendulum-v5: after
+    1,500 env steps (250 random) the deterministic policy balances for LEARN_RETURN steps on average over 5 episodes
+    (the untrained policy: about 25)."""
+    summary = train(run_config(LEARN + [f"run_dir={tmp_path / 'run'}"], tmp_path), announce=False)
+    assert summary["last_return"] >= LEARN_RETURN

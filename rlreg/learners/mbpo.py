@@ -35,16 +35,18 @@ rollout states of ``||grad_s Q_j(s, a)||_2`` (the paper's key diagnostic), after
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from rlreg.config import ConfigError
 from rlreg.data.buffers import Batch, ReplayBuffer
-from rlreg.learners.base import adam
+from rlreg.learners.base import adam, register_learner
+from rlreg.learners.sac import SACConfig, SACLearner
 from rlreg.models.dynamics import MBPO_WEIGHT_DECAYS, EnsembleDynamics
 from rlreg.models.termination import TerminationFn, termination_fn
+from rlreg.regularizers.base import Regularizer, SetupContext
 
 
 def rollout_length(epoch: int, schedule: tuple[int, int, int, int]) -> int:
@@ -92,8 +94,6 @@ class DynamicsConfig:
         return EnsembleDynamics(obs_dim, act_dim, num_members=self.num_members, num_elites=self.num_elites,
                                 hidden=self.hidden, model_type=self.type, weight_decays=self.weight_decays,
                                 standardize_targets=self.standardize_targets)
-
-
 
 
 class _ModelMixSampler:
@@ -161,6 +161,8 @@ class MBPOLearner(SACLearner):
     model, its optimiser (``optimizers["model"]``), the model buffer and the rollout length are checkpointed."""
 
     config: MBPOConfig
+    provides = SACLearner.provides | {"state_std"}
+    progress_keys = ("model/holdout_mse",)  # shown in the progress bar next to env steps and updates
 
     def __init__(self, setup: SetupContext, config: MBPOConfig, regularizers: Sequence[Regularizer] = ()) -> None:
         super().__init__(setup, config, regularizers)
@@ -211,7 +213,7 @@ class MBPOLearner(SACLearner):
                                     holdout_ratio=m.holdout_ratio, max_holdout=m.max_holdout, patience=m.patience,
                                     min_improvement=m.min_improvement, max_epochs=m.max_epochs)
         return {"model/holdout_mse": res.holdout_mse, "model/train_loss": res.train_loss,
-                "model/epochs": torch.tensor(float(res.epochs))}
+                "model/epochs": self._scalar(res.epochs)}
 
     def set_rollout_length(self, k: int) -> None:
         """Set ``k`` and (re)allocate the model buffer for it, keeping the newest rows."""
@@ -249,9 +251,13 @@ class MBPOLearner(SACLearner):
             if not bool(keep.any()):
                 break
             obs = nxt[keep]
-        return {"model/rollout_length": torch.tensor(float(self.rollout_k)),
-                "model/mean_rollout_length": torch.tensor(added / n0),
-                "model/buffer_size": torch.tensor(float(len(self.model_buffer)))}
+        return {"model/rollout_length": self._scalar(self.rollout_k),
+                "model/mean_rollout_length": self._scalar(added / n0),
+                "model/buffer_size": self._scalar(len(self.model_buffer))}
+
+    def _scalar(self, value: float) -> Tensor:
+        """A metric as a tensor on the learner's device (the trainer stacks metrics on the device)."""
+        return torch.tensor(float(value), device=self.device)
 
     def q_lipschitz(self, n: int, generator: torch.Generator) -> Tensor:
         """Mean over critics and ``n`` model-buffer states of ``||grad_s Q_j(s, a)||_2`` (a held fixed)."""

@@ -15,7 +15,7 @@ torso height). Ranges follow the env's keyword arguments when the config overrid
 * Ant:      all finite and ``z`` in [0.2, 1.0] (closed).
 * Humanoid: ``z`` in (1.0, 2.0).
 * InvertedPendulum: done when not finite or ``|obs[1]| > 0.2``.
-* HalfCheetah, DeepMind Control, ``terminate_when_unhealthy=False``: never.
+* HalfCheetah, Pendulum-v1 (classic control), DeepMind Control, ``terminate_when_unhealthy=False``: never.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def termination_fn(name: str, env_id: str | None = None, env_kwargs: dict[str, A
         return TERMINATIONS[name]
     if env_id is None:
         raise ValueError(f"{option}=auto needs the training env; name the function instead (e.g. {option}=never)")
-    if env_id.startswith("dm_control/"):
+    if env_id.startswith("dm_control/") or env_id == "Pendulum-v1":
         return never
     base, _, version = env_id.partition("-")
     if base not in _BY_ENV or version != "v5":
         raise ValueError(
             f"{option}=auto: no termination function for env.id={env_id} (known: Gymnasium v5 "
-            f"{', '.join(sorted(_BY_ENV))} and dm_control/*); set {option} to one of {', '.join(sorted(TERMINATIONS))}"
+            f"{', '.join(sorted(_BY_ENV))}, Pendulum-v1 and dm_control/*); set {option} to one of {', '.join(sorted(TERMINATIONS))}"
         )
     fn_name, range_keys, n_pos = _BY_ENV[base]
     if not kwargs.get("terminate_when_unhealthy", True):

@@ -85,11 +85,10 @@ def _generator(device: torch.device, name: str) -> torch.Generator:
     return gen
 
 
-@register("lipschitz", LipschitzConfig)
+@register("lipschitz", LipschitzConfig, requires=("state_std",))
 class LipschitzRegularizer(Regularizer):
-    """The adversarial value loss above, as a critic term ``lipschitz/robust``."""
-
-    requires = frozenset({"state_std"})
+    """The adversarial value loss above, as a critic term ``lipschitz/robust`` (needs a learner that provides
+    ``state_std()`` and an ensemble ``critic``: MBPO's)."""
 
     def __init__(self, config: LipschitzConfig) -> None:
         super().__init__()
@@ -97,11 +96,6 @@ class LipschitzRegularizer(Regularizer):
 
     def bind(self, learner: Any, ctx: SetupContext) -> None:
         super().bind(learner, ctx)
-        if not callable(getattr(learner, "state_std", None)) or getattr(learner, "critic", None) is None:
-            raise ConfigError(
-                "regularizer=lipschitz needs a learner with a critic ensemble that provides the state std "
-                "(learner.state_std(), e.g. agent=mbpo or agent=mbpo_lipschitz)"
-            )
         self.generator = _generator(ctx.device, self.name)
 
     def critic_terms(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:
