@@ -238,20 +238,21 @@ LEARN = [
     "agent.model.max_epochs=5",
     "agent.rollout_batch_size=1000",
     "agent.lipschitz_probe=0",
-    "trainer.total_steps=1500",
+    "trainer.total_steps=1000",
     "trainer.warmup_steps=250",
-    "trainer.utd_ratio=5",
+    "trainer.utd_ratio=10",
     "trainer.batch_size=128",
-    "trainer.eval_every=1500",
+    "trainer.eval_every=1000",
     "trainer.eval_episodes=5",
     "trainer.log_every=250",
-    "trainer.checkpoint_every=1500",
+    "trainer.checkpoint_every=1000",
 ]
+LEARN_RETURN = 50.0  # measured: 78.4 (torch 2.13 CPU, 1 thread); the untrained policy: about 25
 
 
 def test_mbpo_learns_inverted_pendulum(tmp_path: Path) -> None:
-    """MBPO (3 Gaussian members, 64-unit networks, UTD 5, 1,000-state rollouts) on InvertedPendulum-v5: after
-    1,500 env steps (250 random) the deterministic policy balances for LEARN_RETURN steps on average over 5 episodes
-    (the untrained policy: about 25)."""
+    """MBPO (3 Gaussian members, 64-unit networks, UTD 10, 1,000-state rollouts, real ratio 0.05) on
+    InvertedPendulum-v5: after 1,000 env steps (250 random) the deterministic policy balances for at least
+    LEARN_RETURN steps on average over 5 episodes (the untrained policy: about 25)."""
     summary = train(run_config(LEARN + [f"run_dir={tmp_path / 'run'}"], tmp_path), announce=False)
     assert summary["last_return"] >= LEARN_RETURN

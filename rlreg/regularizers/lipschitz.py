@@ -18,7 +18,9 @@ sign-gradient ascent (PGD; K = 1 is FGSM from a random start):
 Each critic member j gets its own perturbation (one batched pass through the ensemble). ``delta`` is
 detached after the inner loop; the outer term back-propagates through both ``Q_j(s + delta, a)`` and the
 clean ``Q_j(s, a)`` of the TD loss. Random starts come from a generator of the regularizer (seeded from the
-run seed and the name, checkpointed).
+run seed and the name, checkpointed). Cost: K + 1 extra critic passes per update (about 2x the critic step at
+K = 1, ``scripts/bench_mbpo.py``); with spectral-norm critics each training-mode pass also advances the power
+iteration, so the sigma estimate is refreshed K + 1 more times per update.
 """
 
 from __future__ import annotations
