@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from rlreg.config import AgentConfig, SACConfig, TD3Config
-from rlreg.learners.base import Learner
-from rlreg.learners.sac import SACLearner
-from rlreg.learners.td3 import TD3Learner
+from rlreg.config import AgentConfig, ConfigError
+from rlreg.learners import LEARNERS, Learner
 from rlreg.regularizers import SetupContext, build_regularizer
 
 
-def build_agent(
-    config: AgentConfig,
-    obs_dim: int,
-    act_dim: int,
-    max_action: float,
-    device: torch.device,
-    dataset: Any = None,
-    buffer: Any = None,
-) -> Learner:
-    """Instantiate the learner, bind each regularizer (in config order) and move everything to ``device``."""
+def build_agent(config: AgentConfig, setup: SetupContext) -> Learner:
+    """Instantiate the registered learner ``config.learner``, bind each regularizer (in config order) and move
+    everything to ``setup.device``. A regularizer that does not fit the learner fails here, naming both."""
+    if config.learner not in LEARNERS:
+        raise ConfigError(f"agent.learner={config.learner!r} is unknown; choose one of: {', '.join(sorted(LEARNERS))}")
     regularizers = [build_regularizer(name, cfg) for name, cfg in config.regularizers.items()]
-    lc = config.learner_config
-    learner: Learner
-    if isinstance(lc, TD3Config):
-        learner = TD3Learner(obs_dim, act_dim, lc, max_action=max_action, regularizers=regularizers)
-    elif isinstance(lc, SACConfig):
-        learner = SACLearner(obs_dim, act_dim, lc, max_action=max_action, regularizers=regularizers)
-    else:  # pragma: no cover - config validation rejects unknown learners first
-        raise TypeError(f"no learner for config {type(lc).__name__}")
-    learner.to(device)
-    ctx = SetupContext(obs_dim=obs_dim, act_dim=act_dim, max_action=max_action, device=device, dataset=dataset, buffer=buffer)
+    learner = LEARNERS[config.learner](setup, config.learner_config, regularizers)
+    learner.to(setup.device)
     for reg in regularizers:
-        reg.bind(learner, ctx)
-        reg.modules.to(device)
+        reg.bind(learner, setup)
+        reg.modules.to(setup.device)
     return learner

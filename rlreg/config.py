@@ -22,63 +22,28 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Learners. Each learner owns one config dataclass; the registry below maps names to them.
+# Learners and regularizers register their config dataclasses here (``rlreg.learners.base.register_learner``
+# and ``rlreg.regularizers.register``); each dataclass validates itself in ``__post_init__``.
 # --------------------------------------------------------------------------------------------------
 
-
-@dataclass
-class TD3Config:
-    """TD3 core (offline.md 1.4). ``num_critics=1, target_noise=0, policy_freq=1`` gives DDPG."""
-
-    actor_hidden: tuple[int, ...] = (256, 256)
-    critic_hidden: tuple[int, ...] = (256, 256)
-    num_critics: int = 2
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    target_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_freq: int = 2
-    # TD3+BC "Q normalisation": actor Q term scaled by alpha / mean|Q| (None: plain -mean Q).
-    q_norm_alpha: float | None = None
-    actor_dropout: float = 0.0
-    actor_last_layer_init: float | None = None  # U(-w, w) on the last layer (SPOT AntMaze: 1e-3)
-    critic_last_layer_init: float | None = None  # (SPOT AntMaze: 3e-3)
-    exploration_noise: float = 0.1  # online only: Gaussian std on the policy action
-    # BEER (online_mb.md 3.8 pitfall 3): the derivation assumes Q = w^T phi; false drops the head bias.
-    critic_head_bias: bool = True
+LEARNER_CONFIGS: dict[str, type] = {}
 
 
-@dataclass
-class SACConfig:
-    """SAC with an N-critic ensemble (offline.md 2.2; N=2 is SAC, N>2 is SAC-N)."""
-
-    actor_hidden: tuple[int, ...] = (256, 256)
-    critic_hidden: tuple[int, ...] = (256, 256)
-    num_critics: int = 2
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    init_alpha: float = 1.0
-    learn_alpha: bool = True
-    target_entropy: float | None = None  # None: -|A|
-    log_std_bounds: tuple[float, float] = (-5.0, 2.0)
-    init: str = "pytorch"  # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": D-REDQ/DroQ
-    critic_layer_norm: bool = False
-    critic_dropout: float = 0.0
-    actor_q_reduce: str = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
-    # "sequential": alpha, actor, critic losses each after the previous step (CORL SAC-N/EDAC);
-    # "simultaneous": all losses from the parameters at the start of the step (RORL).
-    update_order: str = "sequential"
-    # Actor and temperature are updated on every policy_freq-th update only; the critic and its target on
-    # every update. DroQ (online_mb.md 2.3): policy_freq = utd_ratio = 20, one actor update per env step.
-    policy_freq: int = 1
+def register_learner_config(name: str, config_cls: type) -> None:
+    LEARNER_CONFIGS[name] = config_cls
 
 
-LEARNER_CONFIGS: dict[str, type] = {"td3": TD3Config, "sac": SACConfig}
+def check_range(option: str, value: float | int, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` naming ``option`` unless ``value`` lies in the interval (closed unless
+    ``low_open``/``high_open``)."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{option} must be in {interval}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +173,10 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{path}={value!r} is unknown; choose one of: {', '.join(map(str, args))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -300,6 +269,7 @@ def _choice(value: str, allowed: Mapping[str, Any] | tuple[str, ...], option: st
 def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
     """Convert the plain container of a composed Hydra config (``OmegaConf.to_container(cfg,
     resolve=True)``) into a :class:`RunConfig`, validating every option."""
+    import rlreg.learners  # noqa: F401  (registers the learner configs)
     import rlreg.regularizers  # noqa: F401  (registers the regularizer configs)
 
     raw = dict(raw)
@@ -361,13 +331,4 @@ def validate(run: RunConfig) -> None:
     if run.dataset is not None:
         _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg"), "dataset.source")
         _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")
-    lc = run.agent.learner_config
-    if isinstance(lc, SACConfig):
-        _choice(lc.actor_q_reduce, ("min", "mean"), "agent.actor_q_reduce")
-        _choice(lc.update_order, ("sequential", "simultaneous"), "agent.update_order")
-        _choice(lc.init, ("pytorch", "sacn", "xavier"), "agent.init")
-        if lc.policy_freq < 1:
-            raise ConfigError(f"agent.policy_freq must be >= 1, got {lc.policy_freq}")
     _choice(t.warmup_policy, ("uniform", "agent"), "trainer.warmup_policy")
-    if lc.num_critics < 1:
-        raise ConfigError("agent.num_critics must be >= 1")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from rlreg.config import EnvConfig
+from rlreg.learners.base import ActionSpec
+from rlreg.regularizers.base import SetupContext
 
 
 def _mujoco_compat_for_dm_control() -> None:
@@ -82,6 +84,23 @@ def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.
     if not np.allclose(act_space.low, -act_space.high) or not np.allclose(act_space.high, high):
         raise ValueError(f"env.id={config.id}: action space must be symmetric [-m, m]^A, got {act_space}")
     return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), high, obs_space, act_space
+
+
+def env_setup(config: EnvConfig, device: torch.device | str, seed: int = 0, **kwargs: Any) -> SetupContext:
+    """What a learner is built from for env ``config``: observation size, the env's action Box (any bounds;
+    continuous learners check they are symmetric), the device, the env config and any ``kwargs`` (dataset,
+    buffer of an offline run)."""
+    env = make_env(config)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
+        raise ValueError(f"env.id={config.id}: rlreg's learners need Box observation and action spaces "
+                         "(discrete learners discretise a Box)")
+    spec = ActionSpec(act_space.low, act_space.high)
+    return SetupContext(obs_dim=int(np.prod(obs_space.shape)), act_dim=spec.dim, max_action=spec.max_action,
+                        device=torch.device(device), action_spec=spec, env=config, seed=seed, **kwargs)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ from torch import Tensor
 from rlreg.agents import build_agent
 from rlreg.checkpoint import latest_checkpoint, load_checkpoint
 from rlreg.config import AgentConfig, EnvConfig, RunConfig, to_run_config
-from rlreg.envs import env_spaces, evaluate, normalized_score
+from rlreg.envs import env_setup, env_spaces, evaluate, normalized_score
 from rlreg.learners.base import Learner
 from rlreg.nets import TanhGaussianActor
 from rlreg.regularizers.rorl import symmetric_kl
@@ -142,9 +142,8 @@ def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
     state = load_checkpoint(ckpt, map_location=device)
-    obs_dim, act_dim, max_action, _, _ = env_spaces(eval_env(run))
     bare = AgentConfig(run.agent.name, run.agent.learner, run.agent.learner_config, regularizers={})
-    learner = build_agent(bare, obs_dim, act_dim, max_action, device)
+    learner = build_agent(bare, env_setup(eval_env(run), device, seed=run.seed))
     networks = state["learner"]["networks"]
     # input normalisers set at bind time (RORL) hold no buffers until given statistics: make room
     for key, value in networks.items():

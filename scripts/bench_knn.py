@@ -97,6 +97,7 @@ def embedded(steps: int, window: int) -> None:
     from conftest import compose
 
     from rlreg.agents import build_agent
+    from rlreg.regularizers.base import SetupContext
     from rlreg.config import to_run_config
     from rlreg.data.buffers import OfflineBuffer
     from rlreg.data.sources import load_dataset
@@ -110,7 +111,7 @@ def embedded(steps: int, window: int) -> None:
             mean, std = data.state_stats(run.dataset.state_std_eps)
             buffer = OfflineBuffer(data, obs_mean=mean, obs_std=std)
         start = time.perf_counter()
-        learners[agent] = build_agent(run.agent, 11, 3, 1.0, torch.device("cpu"), dataset=data, buffer=buffer)
+        learners[agent] = build_agent(run.agent, SetupContext.box(11, 3, 1.0, "cpu", dataset=data, buffer=buffer))
         print(f"{agent}: built in {time.perf_counter() - start:.2f} s ({len(buffer)} rows)")
     reg = learners["prdc"].regularizers[0]
     index = reg.index

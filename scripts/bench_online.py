@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from rlreg.agents import build_agent  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import ReplayBuffer  # noqa: E402
-from rlreg.envs import env_spaces, make_env  # noqa: E402
+from rlreg.envs import env_setup, env_spaces, make_env  # noqa: E402
 
 
 def bench(agent: str, env_name: str, steps: int, warmup: int, device: torch.device, extra: list[str]) -> dict:
@@ -36,7 +36,7 @@ def bench(agent: str, env_name: str, steps: int, warmup: int, device: torch.devi
     assert run.env is not None
     obs_dim, act_dim, max_action, _, act_space = env_spaces(run.env)
     env = make_env(run.env)
-    learner = build_agent(run.agent, obs_dim, act_dim, max_action, device)
+    learner = build_agent(run.agent, env_setup(run.env, device))
     learner.train()
     buffer = ReplayBuffer(warmup + steps + 1, obs_dim, act_dim, device=device)
     gen = torch.Generator(device=device).manual_seed(0)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_updates import synthetic_dataset  # noqa: E402
 
 from rlreg.agents import build_agent  # noqa: E402
+from rlreg.regularizers.base import SetupContext  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import OfflineBuffer  # noqa: E402
 
@@ -81,7 +82,7 @@ def build(overrides: list[str], data, buffer):  # type: ignore[no-untyped-def]
     from conftest import compose
 
     run = to_run_config(compose(overrides))
-    return build_agent(run.agent, 17, 6, 1.0, torch.device("cpu"), dataset=data, buffer=buffer)
+    return build_agent(run.agent, SetupContext.box(17, 6, 1.0, "cpu", dataset=data, buffer=buffer))
 
 
 def flops_per_update(learner, buffer, gen) -> float:  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rlreg.agents import build_agent  # noqa: E402
+from rlreg.regularizers.base import SetupContext  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import OfflineBuffer  # noqa: E402
 from rlreg.data.dataset import TransitionDataset  # noqa: E402
@@ -70,7 +71,7 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
 
     run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
     buffer = OfflineBuffer(data, device=device)
-    learner = build_agent(run.agent, 17, 6, 1.0, device, dataset=data, buffer=buffer)
+    learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i: int) -> None:

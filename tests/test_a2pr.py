@@ -11,7 +11,9 @@ import torch
 from conftest import run_config, stop_after_update
 from test_spot import assert_learns_point_task, assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
-from rlreg.config import SACConfig, TD3Config
+from rlreg.learners.sac import SACConfig
+from rlreg.learners.td3 import TD3Config
+from rlreg.config import ConfigError
 from rlreg.data.buffers import Batch
 from rlreg.learners.sac import SACLearner
 from rlreg.learners.td3 import TD3Learner
@@ -23,32 +25,37 @@ from rlreg.trainers import StopRequested, train
 
 
 def test_bc_target_and_gate_ties() -> None:
-    v = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 2.0])
-    q_data = torch.tensor([1.0, 2.0, 0.5, 1.0, 0.5, 1.0])  # A_data = 1, 2, .5, 0, -.5, -1
-    q_gen = torch.tensor([2.0, 1.0, 0.5, 1.0, 0.0, 2.0])  # A_gen  = 2, 1, .5, 0, -1,  0
-    data = torch.arange(12.0).reshape(6, 2)
-    gen = -torch.arange(12.0).reshape(6, 2) - 1
+    v = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 0.0])
+    q_data = torch.tensor([1.0, 2.0, 0.5, 1.0, 0.5, 1.0, 1.0])  # A_data = 1, 2, .5, 0, -.5, -1, 1
+    q_gen = torch.tensor([2.0, 1.0, 0.5, 1.0, 0.0, 2.0, -1.0])  # A_gen  = 2, 1, .5, 0, -1,  0, -1
+    data = torch.arange(14.0).reshape(7, 2)
+    gen = -torch.arange(14.0).reshape(7, 2) - 1
     target, weight = bc_target_and_weight(q_data, q_gen, v, data, gen, mask=0.5)
     # a* = a_gen iff A_gen >= A_data (ties -> generated): rows 0, 2 (tie), 3 (tie), 5
-    use_gen = torch.tensor([True, False, True, True, False, True])
+    use_gen = torch.tensor([True, False, True, True, False, True, False])
     assert torch.equal(target, torch.where(use_gen[:, None], gen, data))
-    # w = mask * (1[Q(s, a_gen) >= v] + 1[Q(s, a) > v]); row 3: both equal v -> only the generated gate counts
-    assert torch.equal(weight, 0.5 * torch.tensor([2.0, 2.0, 2.0, 1.0, 0.0, 1.0]))
+    # w = mask * (1[Q(s, a_gen) >= v] OR 1[Q(s, a) > v]) (official bool + bool), all four gate cases:
+    #   both gates (rows 0-2) -> mask, not 2 mask; generated only (row 3: Q(s, a) = v is not > v; row 5) -> mask;
+    #   dataset only (row 6) -> mask; neither (row 4) -> 0
+    assert torch.equal(weight, 0.5 * torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]))
+    official = 0.5 * ((q_gen >= v) + (q_data > v))  # the official expression on bool tensors, for the record
+    assert torch.equal(weight, official)
 
 
 def tiny(gamma: float = 0.9, **kw) -> tuple[TD3Learner, A2PRRegularizer]:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     reg = A2PRRegularizer(A2PRConfig(value_hidden=(8, 8), vae_hidden=(16, 16), **kw))
     cfg = TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5, gamma=gamma)
-    learner = TD3Learner(3, 2, cfg, regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), cfg, regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     return learner, reg
 
 
-def tiny_batch(b: int = 6, seed: int = 0) -> Batch:
+def tiny_batch(b: int = 6, seed: int = 0, gamma: float = 0.9) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])[:b])
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
+                          torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])[:b], gamma)
 
 
 def test_value_and_vae_losses_follow_the_official_order() -> None:
@@ -63,7 +70,7 @@ def test_value_and_vae_losses_follow_the_official_order() -> None:
     old_learner, old_value, old_vae = before
     new_critic = learner.critic  # the critic after this update's step (step 1 changes no target)
     with torch.no_grad():
-        s, a, r, s2, nd = batch
+        s, a, r, s2, nd, _ = batch
         # the critic's smoothed target action a' (same noise draw), reused for the value target
         noise = (0.2 * torch.randn(s2.shape[0], 2, generator=torch.Generator().manual_seed(0))).clamp(-0.5, 0.5)
         a2 = (old_learner.actor_target(s2) + noise).clamp(-1.0, 1.0)
@@ -108,12 +115,13 @@ def test_actor_term_value_and_gradient_match_the_official_expression() -> None:
     q_pi = learner.critic(s, recon_pi)[0].detach()
     adv_pi, adv_a = q_pi - v, q_data - v
     embedding = recon_pi * (adv_pi >= adv_a)[:, None] + a * (adv_a > adv_pi)[:, None]
-    adv = 0.7 * ((q_pi >= v).float() + (q_data > v).float())
+    adv = 0.7 * ((q_pi >= v) + (q_data > v))  # bool + bool: logical OR, as in the official code
     expected = ((pi2 - embedding) ** 2 * adv[:, None]).mean()
     (expected_grad,) = torch.autograd.grad(expected, pi2)
     assert bc.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
-    assert adv[[0, 3]].tolist() == pytest.approx([1.4, 1.4]) and adv[[1, 4]].tolist() == [0.0, 0.0]
+    assert all(x == 0.0 or x == pytest.approx(0.7) for x in adv.tolist())  # mask or 0, never 2 mask
+    assert adv[[0, 3]].tolist() == pytest.approx([0.7, 0.7]) and adv[[1, 4]].tolist() == [0.0, 0.0]
 
 
 def test_one_full_update_runs_all_nets_and_reports() -> None:
@@ -128,9 +136,8 @@ def test_one_full_update_runs_all_nets_and_reports() -> None:
 
 def test_needs_the_td3_learner_and_valid_options() -> None:
     reg = A2PRRegularizer(A2PRConfig())
-    with pytest.raises(ValueError, match=r"agent\.learner=td3"):
-        sac = SACLearner(3, 2, SACConfig(actor_hidden=(8,), critic_hidden=(8,)))
-        reg.bind(sac, SetupContext(3, 2, 1.0, torch.device("cpu")))
+    with pytest.raises(ConfigError, match=r"a2pr needs a TD3-family learner.*agent\.learner=sac"):
+        SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg])
     with pytest.raises(ValueError, match=r"regularizer\.a2pr\.mask"):
         A2PRRegularizer(A2PRConfig(mask=-1.0))
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import run_config
 from test_training import assert_same_learner, comparable, final_state
 
-from rlreg.config import TD3Config
+from rlreg.learners.td3 import TD3Config
 from rlreg.data.buffers import Batch
 from rlreg.learners.td3 import TD3Learner
 from rlreg.logging import read_metrics
@@ -45,7 +45,7 @@ def ddpg_beer(beta: float = 1.0, **kw) -> tuple[TD3Learner, BEERRegularizer]:  #
     reg = BEERRegularizer(BEERConfig(beta=beta, **kw))
     cfg = TD3Config(actor_hidden=(8,), critic_hidden=(8, 8), num_critics=1, target_noise=0.0, policy_freq=1,
                     gamma=0.9)
-    learner = TD3Learner(3, 2, cfg, regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), cfg, regularizers=[reg])
     with torch.no_grad():  # positive hidden biases: no all-zero ReLU feature, where the official code divides by 0
         for net in (learner.critic, learner.critic_target):
             for lin in net.net.linears[:-1]:
@@ -59,8 +59,8 @@ def beer_batch() -> Batch:
     b = 16
     rewards = torch.zeros(b)
     rewards[::2] = 50.0  # large |r|: negative bound, the penalty is active
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, rewards,
-                 torch.randn(b, 3, generator=g), torch.ones(b))
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, rewards,
+                          torch.randn(b, 3, generator=g), torch.ones(b), gamma=0.9)
 
 
 def reference(before: TD3Learner, batch: Batch, beta: float, gamma: float, numerator: str) -> dict[str, torch.Tensor]:
@@ -150,7 +150,7 @@ def test_inner_product_variant() -> None:
 
 
 def test_head_without_bias_is_q_equals_w_phi() -> None:
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), num_critics=1,
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), num_critics=1,
                                          critic_head_bias=False))
     assert learner.critic.net.linears[-1].bias is None and learner.critic_target.net.linears[-1].bias is None
     s, a = torch.randn(4, 3), torch.rand(4, 2)

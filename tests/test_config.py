@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import compose, run_config
 
-from rlreg.config import ConfigError, SACConfig, TD3Config, to_run_config
+from rlreg.config import ConfigError, to_run_config
+from rlreg.learners.sac import SACConfig
+from rlreg.learners.td3 import TD3Config
 from rlreg.regularizers.bc import BCConfig
 from rlreg.trainers.common import check_same_run, config_to_dict, derive_run_dir
 

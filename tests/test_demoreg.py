@@ -18,7 +18,8 @@ import torch
 from conftest import pendulum_offline_overrides, run_config
 from test_training import assert_same_learner, comparable, final_state
 
-from rlreg.config import ConfigError, EnvConfig, SACConfig
+from rlreg.config import ConfigError, EnvConfig
+from rlreg.learners.sac import SACConfig
 from rlreg.data.buffers import Batch
 from rlreg.data.d4rl import write_d4rl_hdf5
 from rlreg.learners.sac import SACLearner
@@ -65,7 +66,7 @@ def test_closed_form_kl_equals_monte_carlo_estimate_through_tanh() -> None:
 def bound_regularizer(**kw) -> tuple[SACLearner, DemoRegRegularizer]:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     reg = DemoRegRegularizer(DemoRegConfig(**kw))
-    learner = SACLearner(3, 2, SACConfig(actor_hidden=(8, 8), critic_hidden=(8,), learn_alpha=False, gamma=0.9),
+    learner = SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8, 8), critic_hidden=(8,), learn_alpha=False, gamma=0.9),
                          regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     return learner, reg
@@ -73,9 +74,9 @@ def bound_regularizer(**kw) -> tuple[SACLearner, DemoRegRegularizer]:  # type: i
 
 def tiny_batch(b: int = 6) -> Batch:
     g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 1.8 - 0.9,
-                 torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
-                 (torch.rand(b, generator=g) > 0.3).float())
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 1.8 - 0.9,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
+                          (torch.rand(b, generator=g) > 0.3).float(), gamma=0.9)
 
 
 def test_bc_loss_is_the_tanh_gaussian_nll_and_std_has_a_floor() -> None:
@@ -142,7 +143,7 @@ def test_fixed_mode_keeps_lambda_and_learn_alpha_is_refused() -> None:
     learner.update(tiny_batch(), step=1, generator=torch.Generator().manual_seed(0))
     assert reg.coef().item() == pytest.approx(0.1)
     reg2 = DemoRegRegularizer(DemoRegConfig())
-    sac = SACLearner(3, 2, SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg2])
+    sac = SACLearner(SetupContext.box(3, 2), SACConfig(actor_hidden=(8,), critic_hidden=(8,)), regularizers=[reg2])
     with pytest.raises(ConfigError, match="learn_alpha=false"):
         reg2.bind(sac, SetupContext(3, 2, 1.0, torch.device("cpu")))
     with pytest.raises(ConfigError, match="regularizer.demoreg.mode"):
@@ -197,7 +198,7 @@ def test_demos_from_a_dataset_are_its_best_episodes(pendulum_dataset: Path, tmp_
     cfg = run.agent.regularizers["demoreg"]
     assert cfg.dataset.path == str(pendulum_dataset)
     reg = DemoRegRegularizer(cfg)
-    learner = SACLearner(3, 1, run.agent.learner_config, max_action=2.0, regularizers=[reg])
+    learner = SACLearner(SetupContext.box(3, 1, 2.0), run.agent.learner_config, regularizers=[reg])
     reg.bind(learner, SetupContext(3, 1, 2.0, torch.device("cpu")))
     batch = reg.pretrain_batch(8, torch.Generator().manual_seed(0))
     assert batch.observations.shape == (8, 3) and batch.actions.shape == (8, 1)
@@ -222,13 +223,13 @@ def test_demos_from_a_policy_rollout(tmp_path: Path) -> None:
     save_policy(actor, tmp_path / "expert.pt", meta)
     cfg = DemoRegConfig(policy=str(tmp_path / "expert.pt"), env=EnvConfig(id="Pendulum-v1"), num_episodes=3)
     reg = DemoRegRegularizer(cfg)
-    learner = SACLearner(3, 1, SACConfig(actor_hidden=(8,), critic_hidden=(8,), learn_alpha=False), max_action=2.0,
+    learner = SACLearner(SetupContext.box(3, 1, 2.0), SACConfig(actor_hidden=(8,), critic_hidden=(8,), learn_alpha=False),
                          regularizers=[reg])
     reg.bind(learner, SetupContext(3, 1, 2.0, torch.device("cpu")))
     reg.pretrain_batch(4, torch.Generator().manual_seed(0))
     assert reg.demos["observations"].shape == (600, 3) and len(reg.demos["returns"]) == 3
     wrong = DemoRegRegularizer(DemoRegConfig(policy=str(tmp_path / "expert.pt"), env=EnvConfig(id="Hopper-v5")))
-    wrong.bind(SACLearner(11, 3, SACConfig(actor_hidden=(8,), critic_hidden=(8,), learn_alpha=False),
+    wrong.bind(SACLearner(SetupContext.box(11, 3), SACConfig(actor_hidden=(8,), critic_hidden=(8,), learn_alpha=False),
                           regularizers=[wrong]), SetupContext(11, 3, 1.0, torch.device("cpu")))
     with pytest.raises(ConfigError, match="trained on Pendulum-v1"):
         wrong.pretrain_batch(4, torch.Generator().manual_seed(0))

@@ -12,7 +12,8 @@ from conftest import run_config
 from test_training import assert_same_learner, comparable, final_state
 
 import rlreg.learners.sac as sac_module
-from rlreg.config import SACConfig
+from rlreg.regularizers.base import SetupContext
+from rlreg.learners.sac import SACConfig
 from rlreg.data.buffers import Batch
 from rlreg.learners.sac import SACLearner
 from rlreg.logging import read_metrics
@@ -31,24 +32,31 @@ def droq_config(**kw) -> SACConfig:  # type: ignore[no-untyped-def]
 
 def tiny_batch(b: int = 6, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), (torch.rand(b, generator=g) > 0.2).float())
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g),
+                          (torch.rand(b, generator=g) > 0.2).float(), gamma=0.99)
 
 
 def test_droq_config_composes_to_the_paper_settings(tmp_path: Path) -> None:
     run = run_config(["agent=droq"], tmp_path)
     lc = run.agent.learner_config
-    assert (lc.num_critics, lc.critic_dropout, lc.critic_layer_norm, lc.actor_q_reduce) == (2, 0.01, True, "mean")
+    assert (lc.num_critics, lc.critic_layer_norm, lc.actor_q_reduce) == (2, True, "mean")
     assert (lc.policy_freq, run.trainer.utd_ratio, run.trainer.warmup_steps) == (20, 20, 5000)
     assert lc.target_entropy == -1.0 and run.env.id == "Hopper-v5"  # conf/tuned/droq/hopper.yaml
     assert lc.log_std_bounds == (-20.0, 2.0) and lc.init_alpha == 1.0
     assert run_config(["agent=droq", "env=walker2d"], tmp_path).agent.learner_config.target_entropy == -3.0
+    # dropout rate per env: the REDQ-based codebase's README table (Hopper 1e-4, Walker2d 5e-3, Ant 1e-2), 0.01 else
+    rates = {env: run_config(["agent=droq", f"env={env}"], tmp_path).agent.learner_config.critic_dropout
+             for env in ("hopper", "walker2d", "ant", "halfcheetah", "dmc-cheetah-run")}
+    assert rates == {"hopper": 1e-4, "walker2d": 5e-3, "ant": 1e-2, "halfcheetah": 0.01, "dmc-cheetah-run": 0.01}
+    assert lc.critic_dropout == 1e-4  # env=hopper is the default
+    assert run_config(["agent=droq", "agent.critic_dropout=0.1"], tmp_path).agent.learner_config.critic_dropout == 0.1
     # one actor update per env step whatever the UTD
     assert run_config(["agent=droq", "trainer.utd_ratio=5"], tmp_path).agent.learner_config.policy_freq == 5
 
 
 def test_dropout_q_block_order_is_linear_dropout_layernorm_relu() -> None:
-    learner = SACLearner(3, 2, droq_config())
+    learner = SACLearner(SetupContext.box(3, 2), droq_config())
     member = learner.critic.net.member(0)
     kinds = [type(m).__name__ for m in member]
     assert kinds == ["Linear", "Dropout", "LayerNorm", "ReLU", "Linear", "Dropout", "LayerNorm", "ReLU", "Linear"]
@@ -62,7 +70,7 @@ def test_dropout_q_block_order_is_linear_dropout_layernorm_relu() -> None:
 
 def test_target_critic_keeps_dropout_on_during_updates() -> None:
     torch.manual_seed(0)
-    learner = SACLearner(3, 2, droq_config())
+    learner = SACLearner(SetupContext.box(3, 2), droq_config())
     learner.train()
     s, a = torch.randn(64, 3), torch.rand(64, 2)
     with torch.no_grad():  # no_grad does not switch dropout off: the target is stochastic
@@ -86,7 +94,7 @@ def test_actor_step_every_policy_freq_updates_on_the_mean_q() -> None:
     """At update 20 (policy_freq=20, simultaneous): L_pi = mean(alpha log pi(a~|s) - (Q1 + Q2)/2 (s, a~)) from
     the parameters at the start of the update; updates 1..19 leave the actor and alpha untouched."""
     torch.manual_seed(0)
-    learner = SACLearner(3, 2, droq_config(critic_dropout=0.0, init_alpha=0.3))
+    learner = SACLearner(SetupContext.box(3, 2), droq_config(critic_dropout=0.0, init_alpha=0.3))
     batch = tiny_batch()
     actor0, alpha0 = copy.deepcopy(learner.actor.state_dict()), learner.log_alpha.item()
     for step in range(1, 20):

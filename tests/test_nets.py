@@ -178,20 +178,65 @@ def test_ensemble_critic_matches_separate_mlps(layer_norm):
     torch.testing.assert_close(qf, q, rtol=1e-6, atol=1e-6)
 
 
-def test_critic_inits():
-    c = EnsembleCritic(10, 4, 7, (32, 32, 32), init="sacn")
-    lins = list(c.net.linears)
-    for lin in lins[:-1]:
-        assert torch.all(lin.bias == 0.1)
-        assert lin.weight.abs().max() <= 1 / math.sqrt(lin.in_features)
-    assert lins[-1].weight.abs().max() <= 3e-3 and lins[-1].bias.abs().max() <= 3e-3
-    assert lins[-1].weight.abs().max() > 1e-4
+def _assert_uniform_bound(w: torch.Tensor, bound: float, what: str) -> None:
+    """``w`` was drawn from U(-bound, bound): inside the bound and filling it (thousands of draws)."""
+    m = w.abs().max().item()
+    assert 0.95 * bound < m <= bound, f"{what}: max |w| = {m:.4f}, expected U(+-{bound:.4f})"
+
+
+def test_critic_inits_bound_each_layer_like_its_codebase():
+    torch.manual_seed(0)
+    # what CORL's VectorizedLinear.reset_parameters does to one member's (in, out) slice: fan_in = out
+    official = torch.empty(14, 32)
+    nn.init.kaiming_uniform_(official, a=math.sqrt(5))
+    _assert_uniform_bound(official, 1 / math.sqrt(32), "kaiming_uniform_ on an (in, out) slice")
+    # widths all different so U(+-1/sqrt(in)) and U(+-1/sqrt(out)) differ on every hidden layer
+    ds, da, hidden = 10, 4, (32, 64, 16)
+    dims = [ds + da, *hidden]
+    corl = EnsembleCritic(ds, da, 7, hidden, init="corl")
+    rlkit = EnsembleCritic(ds, da, 7, hidden, init="rlkit")
+    for c, fan in ((corl, "out"), (rlkit, "in")):
+        lins = list(c.net.linears)
+        for i, lin in enumerate(lins[:-1]):
+            # CORL's VectorizedLinear: kaiming on an (in, out) slice -> fan_in = out; rlkit: fanin_init on (in, out)
+            n = dims[i + 1] if fan == "out" else dims[i]
+            _assert_uniform_bound(lin.weight, 1 / math.sqrt(n), f"{c.init} layer {i}")
+            assert torch.all(lin.bias == 0.1)
+        _assert_uniform_bound(lins[-1].weight, 3e-3, f"{c.init} head")
+        assert lins[-1].bias.abs().max() <= 3e-3
+    # the first layer [s, a] -> 256 of the paper's SAC-N critic: U(+-1/16) with CORL's draw, U(+-1/sqrt(in)) rlkit's
+    _assert_uniform_bound(EnsembleCritic(17, 6, 2, (256, 256), init="corl").net.linears[0].weight, 1 / 16, "corl")
+    _assert_uniform_bound(EnsembleCritic(17, 6, 2, (256, 256), init="rlkit").net.linears[0].weight,
+                          1 / math.sqrt(23), "rlkit")
     c2 = EnsembleCritic(10, 4, 2, (32, 32), last_layer_init=3e-3)
     assert c2.net.linears[-1].weight.abs().max() <= 3e-3
     c3 = EnsembleCritic(10, 4, 2, (32, 32), init="xavier")
     assert torch.all(c3.net.linears[0].bias == 0)
     assert c3.net.linears[0].weight.abs().max() <= math.sqrt(6 / (14 + 32))
-    assert c.num_members == 7
+    assert corl.num_members == 7
+    with pytest.raises(ValueError, match="unknown critic init 'sacn'"):
+        EnsembleCritic(10, 4, 2, (8,), init="sacn")
+
+
+def test_actor_inits_bound_each_layer_like_its_codebase():
+    torch.manual_seed(0)
+    ds, hidden = 17, (64, 32, 48)
+    dims = [ds, *hidden]
+    for init, fan in (("corl", "in"), ("rlkit", "out")):
+        actor = TanhGaussianActor(ds, 6, hidden, init=init)
+        lins = [m for m in actor.trunk if isinstance(m, nn.Linear)]
+        assert len(lins) == 3
+        for i, lin in enumerate(lins):
+            # CORL: nn.Linear default (1/sqrt(in)); RORL: rlkit fanin_init on the (out, in) weight -> 1/sqrt(out)
+            n = dims[i] if fan == "in" else dims[i + 1]
+            _assert_uniform_bound(lin.weight, 1 / math.sqrt(n), f"{init} actor layer {i}")
+            assert torch.all(lin.bias == 0.1)
+        for head in (actor.mean_head, actor.log_std_head):
+            _assert_uniform_bound(head.weight, 1e-3, f"{init} head")
+            assert head.bias.abs().max() <= 1e-3
+    # the paper's first policy layer (17 -> 256): U(+-1/16) in RORL's code
+    first = TanhGaussianActor(17, 6, (256, 256, 256), init="rlkit").trunk[0]
+    _assert_uniform_bound(first.weight, 1 / 16, "rlkit first layer")
 
 
 def test_obs_normalizer_inside_critic_and_running():
@@ -402,12 +447,6 @@ def test_tanh_gaussian_log_std_clamp_and_inits():
         actor.log_std_head.bias.fill_(-100.0)
     assert torch.all(actor.dist_params(obs)[1] == -5.0)
 
-    s = TanhGaussianActor(17, 6, (256, 256, 256), init="sacn")
-    lins = [m for m in s.trunk if isinstance(m, nn.Linear)]
-    assert len(lins) == 3 and all(torch.all(l.bias == 0.1) for l in lins)
-    for head in (s.mean_head, s.log_std_head):
-        assert head.weight.abs().max() <= 1e-3 and head.bias.abs().max() <= 1e-3
-        assert head.weight.abs().max() > 1e-4
     p = TanhGaussianActor(17, 6, init="pytorch")
     assert p.mean_head.weight.abs().max() > 1e-2
 

@@ -14,7 +14,8 @@ from conftest import CONF_DIR, compose, run_config, stop_after_update
 from omegaconf import OmegaConf
 from test_spot import assert_learns_point_task, assert_same_state, final_state, point_dataset, point_overrides  # noqa: F401 (fixture)
 
-from rlreg.config import ConfigError, TD3Config
+from rlreg.config import ConfigError
+from rlreg.learners.td3 import TD3Config
 from rlreg.data.buffers import Batch, OfflineBuffer
 from rlreg.data.dataset import TransitionDataset
 from rlreg.data.knn import BruteForceIndex, TreeIndex, brute_force_reference
@@ -44,7 +45,7 @@ def make_buffer(observations: np.ndarray, actions: np.ndarray) -> OfflineBuffer:
 def bound(buffer: OfflineBuffer, learner: TD3Learner | None = None, **cfg) -> PRDCRegularizer:  # type: ignore[no-untyped-def]
     obs_dim, act_dim = buffer.observations.shape[1], buffer.actions.shape[1]
     reg = PRDCRegularizer(PRDCConfig(**cfg))
-    learner = learner or TD3Learner(obs_dim, act_dim, TD3Config(actor_hidden=(8,), critic_hidden=(8,)))
+    learner = learner or TD3Learner(SetupContext.box(obs_dim, act_dim), TD3Config(actor_hidden=(8,), critic_hidden=(8,)))
     reg.bind(learner, SetupContext(obs_dim, act_dim, 1.0, torch.device("cpu"), buffer=buffer))
     return reg
 
@@ -56,7 +57,8 @@ TINY_ACT = [[0.5], [-0.5], [1.0]]
 @pytest.mark.parametrize("backend", ["tree", "brute"])
 def test_dc_term_on_tiny_tensors(backend: str) -> None:
     buffer = make_buffer(np.array(TINY_OBS), np.array(TINY_ACT))
-    batch = Batch(buffer.observations[:2], buffer.actions[:2], torch.zeros(2), buffer.observations[:2], torch.ones(2))
+    batch = Batch.one_step(buffer.observations[:2], buffer.actions[:2], torch.zeros(2), buffer.observations[:2],
+                          torch.ones(2), gamma=0.99)
     pi = torch.tensor([[-0.4], [0.9]], requires_grad=True)
     ctx = ActorContext(actions=pi, q=torch.zeros(2), step=2)
     # beta = 1: key (1, 0, 0.9) is 1.16^.5 from row 0 (state 1 away, action 0.4), 1.96^.5 from its own row 1
@@ -93,7 +95,7 @@ def test_dc_term_inside_a_td3_update() -> None:
     buffer = make_buffer(rng.standard_normal((300, 3)), rng.uniform(-1, 1, (300, 2)))
     torch.manual_seed(0)
     reg = PRDCRegularizer(PRDCConfig(beta=2.0))
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu"), buffer=buffer))
     batch = buffer.sample(16, torch.Generator().manual_seed(0))
     before = copy.deepcopy(learner)
@@ -118,7 +120,7 @@ def test_tree_and_brute_force_paths_train_identical_networks() -> None:
     for backend in ("tree", "brute"):
         torch.manual_seed(0)
         reg = PRDCRegularizer(PRDCConfig(backend=backend, chunk_rows=64, candidates=2))
-        learner = TD3Learner(3, 2, TD3Config(actor_hidden=(16,), critic_hidden=(16,), q_norm_alpha=2.5), regularizers=[reg])
+        learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(16,), critic_hidden=(16,), q_norm_alpha=2.5), regularizers=[reg])
         reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu"), buffer=buffer))
         assert isinstance(reg.index, TreeIndex if backend == "tree" else BruteForceIndex)
         gen = torch.Generator().manual_seed(0)
@@ -153,7 +155,7 @@ def test_bad_options_are_named(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=f"regularizer.prdc.{option}"):
             PRDCRegularizer(PRDCConfig(**{option: value}))
     reg = PRDCRegularizer(PRDCConfig())
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,)))
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,)))
     with pytest.raises(ValueError, match="offline dataset"):
         reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
 

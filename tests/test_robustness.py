@@ -10,7 +10,9 @@ import pytest
 import torch
 from conftest import pendulum_offline_overrides, run_config
 
-from rlreg.config import SACConfig, TD3Config
+from rlreg.regularizers.base import SetupContext
+from rlreg.learners.sac import SACConfig
+from rlreg.learners.td3 import TD3Config
 from rlreg.learners.sac import SACLearner
 from rlreg.learners.td3 import TD3Learner
 from rlreg.robustness import ATTACKS, ObservationAttack, load_run, main, policy_action, policy_divergence
@@ -21,12 +23,12 @@ SCALE = torch.tensor([0.5, 2.0, 10.0])
 
 def sac() -> SACLearner:
     torch.manual_seed(0)
-    return SACLearner(3, 1, SACConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), num_critics=3)).eval()
+    return SACLearner(SetupContext.box(3, 1), SACConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), num_critics=3)).eval()
 
 
 def td3() -> TD3Learner:
     torch.manual_seed(0)
-    return TD3Learner(3, 1, TD3Config(actor_hidden=(32, 32), critic_hidden=(32, 32))).eval()
+    return TD3Learner(SetupContext.box(3, 1), TD3Config(actor_hidden=(32, 32), critic_hidden=(32, 32))).eval()
 
 
 def q_fn(learner):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ import torch
 from conftest import compose, pendulum_offline_overrides, run_config
 from test_training import assert_same_learner, comparable, final_state
 
-from rlreg.config import ConfigError, SACConfig, to_run_config
+from rlreg.config import ConfigError, to_run_config
+from rlreg.learners.sac import SACConfig
 from rlreg.data.buffers import Batch, OfflineBuffer
 from rlreg.data.dataset import TransitionDataset
 from rlreg.learners.sac import SACLearner
@@ -141,7 +142,7 @@ def tiny_learner(num_critics: int = 3) -> SACLearner:
     torch.manual_seed(0)
     cfg = SACConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), num_critics=num_critics, init="sacn",
                     update_order="simultaneous")
-    return SACLearner(3, 2, cfg)
+    return SACLearner(SetupContext.box(3, 2), cfg)
 
 
 def bind(learner: SACLearner, reg, buffer=None):  # type: ignore[no-untyped-def]
@@ -153,8 +154,9 @@ def bind(learner: SACLearner, reg, buffer=None):  # type: ignore[no-untyped-def]
 def tiny_batch(b: int = 8) -> Batch:
     data = tiny_dataset()
     idx = torch.arange(b)
-    return Batch(torch.as_tensor(data.observations)[idx], torch.as_tensor(data.actions)[idx],
-                 torch.as_tensor(data.rewards)[idx], torch.as_tensor(data.next_observations)[idx], torch.ones(b))
+    return Batch.one_step(torch.as_tensor(data.observations)[idx], torch.as_tensor(data.actions)[idx],
+                          torch.as_tensor(data.rewards)[idx], torch.as_tensor(data.next_observations)[idx],
+                          torch.ones(b), gamma=0.99)
 
 
 def critic_ctx(learner: SACLearner, batch: Batch, step: int = 1):  # type: ignore[no-untyped-def]
@@ -164,36 +166,28 @@ def critic_ctx(learner: SACLearner, batch: Batch, step: int = 1):  # type: ignor
                          step=step)
 
 
-def test_bind_normalises_inside_all_networks_and_sampler_stays_in_the_box() -> None:
-    learner = tiny_learner()
-    reg = bind(learner, RORLQSmoothing(RORLQConfig()))
-    mean, std = tiny_dataset().state_stats(eps=1e-6)
-    for net in (learner.actor, learner.critic, learner.critic_target):
-        assert torch.allclose(net.obs_normalizer.mean, torch.as_tensor(mean))
-        assert torch.allclose(net.obs_normalizer.std, torch.as_tensor(std))  # sd_D + 1e-6
-    s = tiny_batch(16).observations
-    eps, n = 0.1, 200
-    s_hat = reg.sampler.perturb(s, eps, n)
-    assert s_hat.shape == (16 * n, 3)
-    delta = (learner.critic.obs_normalizer(s_hat).view(16, n, 3) - learner.critic.obs_normalizer(s).unsqueeze(1))
-    assert delta.abs().max().item() <= eps * (1 + 1e-4)  # the box, in normalised units, on every dim
-    assert (delta.abs().amax(dim=(0, 1)) > 0.9 * eps).all()  # and it is filled
-    assert torch.allclose(delta, delta[:1].expand_as(delta), atol=1e-4 * eps)  # offsets shared by the batch
-    raw = (s_hat.view(16, n, 3) - s.unsqueeze(1)).abs().amax(dim=(0, 1))
-    assert torch.allclose(raw / torch.as_tensor(OBS_STD), torch.full((3,), eps), rtol=0.1)  # eps * sd_D raw
-    # a second RORL term reuses the normalisation (idempotent) and the same scale
-    other = bind(learner, RORLOODPessimism(RORLOODConfig()))
-    assert torch.equal(other.sampler.scale, reg.sampler.scale)
-
-
-def test_buffer_normalised_by_the_trainer_keeps_networks_raw() -> None:
+def test_trainer_normalisation_puts_the_box_in_units_of_the_dataset_std() -> None:
+    """RORL's --norm_input is the trainer's state normalisation ((s - mean) / (std + 1e-6), conf/agent/rorl.yaml):
+    the networks stay untouched and the perturbation box is eps wide in normalised units, eps * sd_D raw."""
     learner = tiny_learner()
     data = tiny_dataset()
-    mean, std = data.state_stats()
+    mean, std = data.state_stats(eps=1e-6)
     buffer = OfflineBuffer(data, obs_mean=mean, obs_std=std)
     reg = bind(learner, RORLQSmoothing(RORLQConfig()), buffer=buffer)
     assert not learner.critic.obs_normalizer.active and not learner.actor.obs_normalizer.active
     assert torch.equal(reg.sampler.scale, torch.ones(3))
+    s = buffer.observations[:16]
+    eps, n = 0.1, 200
+    s_hat = reg.sampler.perturb(s, eps, n)
+    assert s_hat.shape == (16 * n, 3)
+    delta = s_hat.view(16, n, 3) - s.unsqueeze(1)
+    assert delta.abs().max().item() <= eps * (1 + 1e-4)  # the box, in normalised units, on every dim
+    assert (delta.abs().amax(dim=(0, 1)) > 0.9 * eps).all()  # and it is filled
+    assert torch.allclose(delta, delta[:1].expand_as(delta), atol=1e-4 * eps)  # offsets shared by the batch
+    raw = (delta * torch.as_tensor(std)).abs().amax(dim=(0, 1))
+    assert torch.allclose(raw / torch.as_tensor(OBS_STD), torch.full((3,), eps), rtol=0.1)  # eps * sd_D raw
+    other = bind(learner, RORLOODPessimism(RORLOODConfig()), buffer=buffer)  # every RORL term: the same scale
+    assert torch.equal(other.sampler.scale, reg.sampler.scale)
 
 
 def test_q_smoothing_on_selected_rows_equals_the_full_max() -> None:
@@ -270,7 +264,7 @@ def test_agent_and_every_tuned_file_compose(tmp_path: Path) -> None:
     run = run_config(["agent=rorl", "dataset=walker2d-medium-v2"], tmp_path)
     lc = run.agent.learner_config
     assert lc.num_critics == 10 and lc.update_order == "simultaneous" and lc.init == "sacn"
-    assert run.dataset is not None and run.dataset.normalize_states is False
+    assert run.dataset is not None and run.dataset.normalize_states and run.dataset.state_std_eps == 1e-6
     regs = run.agent.regularizers
     assert list(regs) == ["rorl_policy", "rorl_q", "rorl_ood"]
     assert (regs["rorl_policy"].eps, regs["rorl_policy"].weight) == (0.01, 1.0)

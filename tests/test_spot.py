@@ -23,14 +23,15 @@ import torch
 from conftest import run_config
 
 from rlreg.checkpoint import latest_checkpoint, load_checkpoint
-from rlreg.config import TD3Config
+from rlreg.learners.td3 import TD3Config
 from rlreg.data.buffers import Batch
 from rlreg.learners.td3 import TD3Learner
 from rlreg.logging import read_metrics
 from rlreg.nets import ConditionalVAE
 from rlreg.regularizers import SetupContext
 from rlreg.regularizers.base import ActorContext
-from rlreg.regularizers.spot import QDivergenceError, SPOTConfig, SPOTRegularizer, neg_log_density
+from rlreg.regularizers import spot as spot_module
+from rlreg.regularizers.spot import QDivergenceError, SPOTConfig, SPOTRegularizer, VAECacheError, neg_log_density
 from rlreg.trainers import StopRequested, train
 
 # ------------------------------------------------------------------------------------------------
@@ -143,15 +144,15 @@ def tiny_spot(lambd: float = 0.3, **kw) -> tuple[TD3Learner, SPOTRegularizer]:  
     torch.manual_seed(0)
     cfg = SPOTConfig(lambd=lambd, vae_hidden=(16, 16), pretrain_steps=kw.pop("pretrain_steps", 0), **kw)
     reg = SPOTRegularizer(cfg)
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=1.0), regularizers=[reg])
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=1.0), regularizers=[reg])
     reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     return learner, reg
 
 
 def tiny_batch(b: int = 5, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1, torch.randn(b, generator=g),
-                 torch.randn(b, 3, generator=g), torch.ones(b))
+    return Batch.one_step(torch.randn(b, 3, generator=g), torch.rand(b, 2, generator=g) * 2 - 1,
+                          torch.randn(b, generator=g), torch.randn(b, 3, generator=g), torch.ones(b), gamma=0.99)
 
 
 def test_density_term_is_lambda_times_the_vae_negative_elbo() -> None:
@@ -251,7 +252,7 @@ def test_pretrained_vae_density_ranks_dataset_actions_above_far_away_ones() -> N
     for i in range(1, 601):
         s = torch.randn(256, 3, generator=g)
         a = (behaviour(s) + 0.05 * torch.randn(256, 2, generator=g)).clamp(-1, 1)
-        reg.pretrain_step(Batch(s, a, torch.zeros(256), s, torch.ones(256)), i)
+        reg.pretrain_step(Batch.one_step(s, a, torch.zeros(256), s, torch.ones(256), gamma=0.99), i)
     s = torch.randn(500, 3, generator=g)
     s = s[(behaviour(s)[:, 0].abs() > 0.3)]  # states where the mirrored action is clearly away from the data
     with torch.no_grad():
@@ -293,7 +294,7 @@ def test_density_term_stacks_with_another_actor_regularizer() -> None:
 
     torch.manual_seed(0)
     regs = [BCRegularizer(BCConfig()), SPOTRegularizer(SPOTConfig(lambd=0.5, vae_hidden=(16,), pretrain_steps=0))]
-    learner = TD3Learner(3, 2, TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=regs)
+    learner = TD3Learner(SetupContext.box(3, 2), TD3Config(actor_hidden=(8,), critic_hidden=(8,), q_norm_alpha=2.5), regularizers=regs)
     for reg in regs:
         reg.bind(learner, SetupContext(3, 2, 1.0, torch.device("cpu")))
     gen = torch.Generator().manual_seed(0)
@@ -317,6 +318,8 @@ def test_configs_follow_the_official_tables(tmp_path: Path) -> None:
     assert (lc.q_norm_alpha, lc.actor_dropout, spot.lambd, spot.pretrain_steps, spot.beta) == (1.0, 0.1, 0.1, 1e5, 0.5)
     walker = run_config(["agent=spot", "dataset=walker2d-medium-expert-v2"], tmp_path)
     assert walker.agent.regularizers["spot"].lambd == 0.5
+    # one VAE per dataset, seed 0, shared by the RL seeds (official train_vae.py + main.py --vae_model_path)
+    assert (spot.vae_cache, spot.vae_seed) == (str(tmp_path / "runs" / ".spot_vae"), 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +356,8 @@ def signal_at(monkeypatch: pytest.MonkeyPatch, method: str, step: int) -> None:
 def test_spot_resume_is_exact_in_pretraining_and_rl(
     tmp_path: Path, point_dataset: tuple[Path, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = point_overrides(point_dataset[0]) + SMALL + ["trainer.total_steps=40"]
+    # a VAE per run (vae_cache=null): its 30 pre-training steps are checkpointed like RL steps
+    base = point_overrides(point_dataset[0]) + SMALL + ["trainer.total_steps=40", "regularizer.spot.vae_cache=null"]
     train(run_config(base + [f"run_dir={tmp_path / 'full'}"], tmp_path), announce=False)
     part = base + [f"run_dir={tmp_path / 'part'}"]
     signal_at(monkeypatch, "pretrain_step", 13)  # stopped in the VAE pre-training phase
@@ -373,6 +377,51 @@ def test_spot_resume_is_exact_in_pretraining_and_rl(
     rows_full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert rows_full == read_metrics(tmp_path / "part" / "metrics.jsonl")
     assert {"pretrain/spot/loss", "spot/density"} <= set().union(*rows_full)
+
+
+def test_spot_vae_is_pretrained_once_per_dataset_and_reused_across_seeds(
+    tmp_path: Path, point_dataset: tuple[Path, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "vae_cache"
+    base = point_overrides(point_dataset[0]) + SMALL + ["trainer.total_steps=20", f"regularizer.spot.vae_cache={cache}"]
+
+    def vae_of(run_dir: Path) -> dict:
+        return final_state(run_dir)["learner"]["regularizers"]["spot"]["modules"]
+
+    train(run_config(base + ["seed=0", f"run_dir={tmp_path / 's0'}"], tmp_path), announce=False)  # a miss: trains
+    entries = sorted(cache.glob("spot_vae-*.pt"))
+    assert len(entries) == 1 and "-seed0-" in entries[0].name
+    state = final_state(tmp_path / "s0")
+    assert state["extra"]["pretrain_done"]["spot"] == 1 and state["learner"]["regularizers"]["spot"]["extra"]["pretrained"] == 30
+
+    # another RL seed on the same data: a hit, no VAE step at all, the very same VAE
+    def no_training(*args):  # type: ignore[no-untyped-def]
+        raise AssertionError("the cached VAE was pre-trained again")
+
+    monkeypatch.setattr(spot_module, "vae_loss", no_training)
+    train(run_config(base + ["seed=1", f"run_dir={tmp_path / 's1_hit'}"], tmp_path), announce=False)
+    monkeypatch.undo()
+    assert_same_state({"step": 0, "learner": vae_of(tmp_path / "s0")}, {"step": 0, "learner": vae_of(tmp_path / "s1_hit")})
+    rows = read_metrics(tmp_path / "s1_hit" / "metrics.jsonl")
+    assert any("pretrain/spot/loss" in r for r in rows)  # the cached VAE's final pre-training loss is reported
+
+    # the cached VAE depends on the data and vae_seed alone and leaves the run's RNG untouched: seed 1 with an
+    # empty cache (a miss) ends exactly like seed 1 with the hit
+    miss = [o if not o.startswith("regularizer.spot.vae_cache=") else f"regularizer.spot.vae_cache={tmp_path / 'c2'}"
+            for o in base]
+    train(run_config(miss + ["seed=1", f"run_dir={tmp_path / 's1_miss'}"], tmp_path), announce=False)
+    assert_same_state(final_state(tmp_path / "s1_hit"), final_state(tmp_path / "s1_miss"))
+    assert read_metrics(tmp_path / "s1_hit" / "metrics.jsonl") == read_metrics(tmp_path / "s1_miss" / "metrics.jsonl")
+
+    # other data gets its own entry; an entry made from other data is refused, naming the file
+    other = tmp_path / "point_other.hdf5"
+    write_point_dataset(other, episodes=20)
+    other_base = point_overrides(other) + SMALL + ["trainer.total_steps=20", f"regularizer.spot.vae_cache={cache}"]
+    train(run_config(other_base + [f"run_dir={tmp_path / 'o0'}"], tmp_path), announce=False)
+    (other_entry,) = set(cache.glob("spot_vae-*.pt")) - set(entries)
+    other_entry.write_bytes(entries[0].read_bytes())  # e.g. a file copied by hand under the other data's name
+    with pytest.raises(VAECacheError, match=r"pre-trained on other data.*refusing"):
+        train(run_config(other_base + [f"run_dir={tmp_path / 'o1'}", "seed=1"], tmp_path), announce=False)
 
 
 def test_spot_finetunes_online_from_the_offline_checkpoint(

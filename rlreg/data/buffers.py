@@ -15,7 +15,7 @@ from torch import Tensor
 from rlreg.data.dataset import TransitionDataset, make_reward_fn
 from rlreg.data.errors import DatasetError
 
-__all__ = ["Batch", "OfflineBuffer", "ReplayBuffer", "MixedSampler", "make_reward_fn"]
+__all__ = ["BUFFER_ROWS", "Batch", "OfflineBuffer", "ReplayBuffer", "MixedSampler", "Sampler", "make_reward_fn"]
 
 
 class Batch(NamedTuple):
@@ -24,6 +24,15 @@ class Batch(NamedTuple):
     rewards: Tensor            # (B,)
     next_observations: Tensor  # (B, obs_dim)
     not_done: Tensor           # (B,) float, 1 - terminal (a truncation never zeroes it)
+    # (B,) gamma^k * (1 - terminated) for the k rewards summed into ``rewards`` (k = 1 unless an n-step
+    # writer filled the buffer); every TD target is rewards + discounts * next value
+    discounts: Tensor
+
+    @classmethod
+    def one_step(cls, observations: Tensor, actions: Tensor, rewards: Tensor, next_observations: Tensor,
+                 not_done: Tensor, gamma: float) -> "Batch":
+        """One-step transitions: ``discounts = gamma * not_done``."""
+        return cls(observations, actions, rewards, next_observations, not_done, gamma * not_done)
 
 
 class Sampler(Protocol):
@@ -44,6 +53,7 @@ class OfflineBuffer:
         obs_mean: np.ndarray | None = None,
         obs_std: np.ndarray | None = None,
         reward_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        gamma: float = 0.99,
     ) -> None:
         if len(dataset) == 0:
             raise DatasetError(f"{dataset.source}: cannot build an OfflineBuffer from an empty dataset")
@@ -72,6 +82,8 @@ class OfflineBuffer:
         self.rewards = to(rewards)
         self.next_observations = to(next_obs)
         self.not_done = to(1.0 - dataset.terminals.astype(np.float32))
+        self.gamma = float(gamma)
+        self.discounts = self.not_done * self.gamma
         self.size = len(dataset)
 
     def __len__(self) -> int:
@@ -82,8 +94,11 @@ class OfflineBuffer:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
         return Batch(
             self.observations[idx], self.actions[idx], self.rewards[idx],
-            self.next_observations[idx], self.not_done[idx],
+            self.next_observations[idx], self.not_done[idx], self.discounts[idx],
         )
+
+
+BUFFER_ROWS = ("observations", "actions", "rewards", "next_observations", "not_done", "discounts")
 
 
 class ReplayBuffer:
@@ -96,6 +111,8 @@ class ReplayBuffer:
         act_dim: int,
         device: torch.device | str = "cpu",
         action_dtype: torch.dtype = torch.float32,
+        gamma: float = 0.99,
+        n_step: int = 1,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer: capacity must be positive, got {capacity}")
@@ -109,6 +126,11 @@ class ReplayBuffer:
         self.rewards = torch.zeros(capacity, device=self.device)
         self.next_observations = torch.zeros(capacity, obs_dim, device=self.device)
         self.not_done = torch.zeros(capacity, device=self.device)
+        self.discounts = torch.zeros(capacity, device=self.device)
+        self.gamma = float(gamma)
+        if n_step != 1:
+            raise ValueError(f"ReplayBuffer: n_step={n_step} is not supported yet (1 only)")
+        self.n_step = int(n_step)
         self.ptr = 0
         self.size = 0
 
@@ -132,8 +154,9 @@ class ReplayBuffer:
                 f"{', '.join(map(str, tail))}) or one row"
             ) from e
 
-    def add(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> None:
-        """Add one transition (1-D ``obs``) or a batch (leading dim n); numpy or tensors."""
+    def add(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any, truncated: Any = False) -> None:
+        """Add one transition (1-D ``obs``) or a batch (leading dim n); numpy or tensors. ``truncated`` (a time
+        limit) never stops bootstrapping; it ends the pending n-step window."""
         o = self._t(obs, torch.float32)
         if o.dim() == 1 and o.numel() != self.obs_dim:
             raise ValueError(f"ReplayBuffer.add: 1-D obs of length {o.numel()}; expected obs_dim = {self.obs_dim}")
@@ -143,14 +166,19 @@ class ReplayBuffer:
         a = self._rows(self._t(action, self.action_dtype), n, (self.act_dim,), "action")
         r = self._rows(self._t(reward, torch.float32), n, (), "reward")
         nd = 1.0 - self._rows(self._t(terminated, torch.float32), n, (), "terminated")
+        self._write(o, a, r, no, nd, nd * self.gamma)
+
+    def _write(self, o: Tensor, a: Tensor, r: Tensor, no: Tensor, nd: Tensor, disc: Tensor) -> None:
+        """Store finished rows (their rewards and discounts already summed over their k steps)."""
+        n = o.shape[0]
         if n > self._capacity:  # only the newest `capacity` rows survive
             skip = n - self._capacity
             self.ptr = (self.ptr + skip) % self._capacity
-            o, no, a, r, nd = o[skip:], no[skip:], a[skip:], r[skip:], nd[skip:]
+            o, no, a, r, nd, disc = o[skip:], no[skip:], a[skip:], r[skip:], nd[skip:], disc[skip:]
             n = self._capacity
         first = min(n, self._capacity - self.ptr)
         for dst, src in ((self.observations, o), (self.next_observations, no), (self.actions, a),
-                         (self.rewards, r), (self.not_done, nd)):
+                         (self.rewards, r), (self.not_done, nd), (self.discounts, disc)):
             dst[self.ptr:self.ptr + first] = src[:first]
             if first < n:
                 dst[: n - first] = src[first:]
@@ -164,14 +192,14 @@ class ReplayBuffer:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
         return Batch(
             self.observations[idx], self.actions[idx], self.rewards[idx],
-            self.next_observations[idx], self.not_done[idx],
+            self.next_observations[idx], self.not_done[idx], self.discounts[idx],
         )
 
     def state_dict(self) -> dict[str, Tensor | int]:
         """Filled rows (CPU copies) + ``ptr``/``size``/``capacity``; loadable with ``weights_only=True``."""
         n = self.size
         state: dict[str, Tensor | int] = {"ptr": self.ptr, "size": n, "capacity": self._capacity}
-        for key in ("observations", "actions", "rewards", "next_observations", "not_done"):
+        for key in BUFFER_ROWS:
             state[key] = getattr(self, key)[:n].detach().to("cpu", copy=True)
         return state
 
@@ -182,7 +210,9 @@ class ReplayBuffer:
             raise ValueError(f"ReplayBuffer.load_state_dict: saved capacity {cap} != this buffer's {self._capacity}")
         if not (0 <= size <= cap and 0 <= ptr < cap and (size == cap or ptr == size)):
             raise ValueError(f"ReplayBuffer.load_state_dict: inconsistent size {size} / ptr {ptr} for capacity {cap}")
-        for key in ("observations", "actions", "rewards", "next_observations", "not_done"):
+        if "discounts" not in state:  # written before discounts were stored: one-step rows
+            state = {**state, "discounts": state["not_done"] * self.gamma}  # type: ignore[operator]
+        for key in BUFFER_ROWS:
             src = state[key]
             assert isinstance(src, Tensor)
             dst = getattr(self, key)

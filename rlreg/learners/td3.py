@@ -2,7 +2,7 @@
 actor and target updates. ``num_critics=1, target_noise=0, policy_freq=1`` is DDPG (BEER's setting).
 
     a' = clip(pi'(s') + clip(eps, -c, c), -A, A),   eps ~ N(0, sigma^2)
-    y  = r + gamma * (1 - d) * min_i Q'_i(s', a')
+    y  = r + gamma^k (1 - d) * min_i Q'_i(s', a')     (batch.discounts: k = n-step, d = terminated)
     L_Q = sum_i mean_B (Q_i(s, a) - y)^2
     L_pi = -lambda * mean Q_1(s, pi(s)) + sum of regularizer actor terms,
     lambda = alpha / mean|Q_1(s, pi(s))| (stop-gradient) when q_norm_alpha is set (TD3+BC), else 1.
@@ -11,28 +11,76 @@ actor and target updates. ``num_critics=1, target_noise=0, policy_freq=1`` is DD
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from rlreg.config import TD3Config
+from rlreg.config import ConfigError, check_range
 from rlreg.data.buffers import Batch
-from rlreg.learners.base import Learner, adam, set_requires_grad
+from rlreg.learners.base import (
+    Learner,
+    adam,
+    optimizer_step,
+    register_learner,
+    set_requires_grad,
+    symmetric_box_bound,
+)
 from rlreg.nets import DeterministicActor, EnsembleCritic, EnsembleLinear, polyak_update_
-from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer
+from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer, SetupContext
 
 
+@dataclass
+class TD3Config:
+    """TD3 core (Fujimoto et al. 2018). ``num_critics=1, target_noise=0, policy_freq=1`` gives DDPG."""
+
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    num_critics: int = 2
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    n_step: int = 1
+    tau: float = 0.005
+    target_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    # TD3+BC "Q normalisation": actor Q term scaled by alpha / mean|Q| (None: plain -mean Q).
+    q_norm_alpha: float | None = None
+    actor_dropout: float = 0.0
+    actor_last_layer_init: float | None = None  # U(-w, w) on the last layer (SPOT AntMaze: 1e-3)
+    critic_last_layer_init: float | None = None  # (SPOT AntMaze: 3e-3)
+    exploration_noise: float = 0.1  # online only: Gaussian std on the policy action
+    # BEER (He et al. 2024, pitfall: the derivation assumes Q = w^T phi): false drops the critic head bias.
+    critic_head_bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("agent.num_critics", self.num_critics, low=1)
+        check_range("agent.n_step", self.n_step, low=1)
+        check_range("agent.policy_freq", self.policy_freq, low=1)
+        for key in ("actor_lr", "critic_lr"):
+            check_range(f"agent.{key}", getattr(self, key), low=0.0, low_open=True)
+        check_range("agent.gamma", self.gamma, low=0.0, high=1.0)
+        check_range("agent.tau", self.tau, low=0.0, high=1.0)
+        for key in ("target_noise", "noise_clip", "exploration_noise"):
+            check_range(f"agent.{key}", getattr(self, key), low=0.0)
+        check_range("agent.actor_dropout", self.actor_dropout, low=0.0, high=1.0, high_open=True)
+        if any(h < 1 for h in (*self.actor_hidden, *self.critic_hidden)):
+            raise ConfigError("agent.actor_hidden / agent.critic_hidden: layer widths must be >= 1")
+
+
+@register_learner("td3", TD3Config, family="td3")
 class TD3Learner(Learner):
-    def __init__(
-        self,
-        obs_dim: int,
-        act_dim: int,
-        config: TD3Config,
-        max_action: float = 1.0,
-        regularizers: Sequence[Regularizer] = (),
-    ) -> None:
-        super().__init__(regularizers)
+    """TD3 / DDPG with a deterministic actor; provides ``critic_features`` (phi(s, a) and the target
+    phi'(s', a') in ``CriticContext.extras``) to regularizers that require them (BEER)."""
+
+    provides = frozenset({"critic_features", "deterministic_actor"})
+
+    def __init__(self, setup: SetupContext, config: TD3Config, regularizers: Sequence[Regularizer] = ()) -> None:
+        super().__init__(setup, regularizers)
+        obs_dim, act_dim = setup.obs_dim, setup.action_spec.dim
+        max_action = symmetric_box_bound(setup.action_spec, self.name)
         self.config = config
         self.max_action = max_action
         self.actor = DeterministicActor(
@@ -50,15 +98,13 @@ class TD3Learner(Learner):
             hidden=config.critic_hidden,
             last_layer_init=config.critic_last_layer_init,
         )
-        if not config.critic_head_bias:  # Q = w^T phi exactly (BEER's derivation, online_mb.md 3.8 pitfall 3)
+        if not config.critic_head_bias:  # Q = w^T phi exactly (BEER's derivation, He et al. 2024)
             head = self.critic.net.linears[-1]
             no_bias = EnsembleLinear(head.num_members, head.in_features, head.out_features, bias=False)
             with torch.no_grad():
                 no_bias.weight.copy_(head.weight)
             self.critic.net.linears[-1] = no_bias
-        # A regularizer that needs the critic's representation (BEER) sets this in ``bind``: the critic
-        # step then also returns phi(s, a) and the target phi'(s', a') in ``CriticContext.extras``.
-        self.critic_features = False
+        self.critic_features = "critic_features" in self.needs
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         for net in (self.actor_target, self.critic_target):
@@ -83,11 +129,10 @@ class TD3Learner(Learner):
             )
         return action
 
-    def update(self, batch: Batch, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def critic_loss(
+        self, batch: Batch, step: int, generator: torch.Generator, metrics: dict[str, Tensor]
+    ) -> tuple[Tensor, CriticContext]:
         cfg = self.config
-        metrics: dict[str, Tensor] = {}
-
-        # ---- critic ------------------------------------------------------------------------------
         with torch.no_grad():
             next_action = self.actor_target(batch.next_observations)
             if cfg.target_noise > 0:
@@ -103,47 +148,37 @@ class TD3Learner(Learner):
                 )
             else:
                 next_q = self.critic_target(batch.next_observations, next_action)
-            target_q = next_q.min(dim=0).values
-            target = batch.rewards + cfg.gamma * batch.not_done * target_q
+            target = batch.rewards + batch.discounts * next_q.min(dim=0).values
         if self.critic_features:
             q, extras["features"] = self.critic.q_and_features(batch.observations, batch.actions)
         else:
             q = self.critic(batch.observations, batch.actions)  # (E, B)
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()
-        metrics["critic/loss"] = critic_loss.detach()
+        loss = (q - target).pow(2).mean(dim=1).sum()
+        metrics["critic/loss"] = loss.detach()
         metrics["critic/q_mean"] = q.detach().mean()
-        ctx = CriticContext(q=q, target=target, step=step, next_action=next_action, extras=extras)
-        extra = self._regularizer_terms(metrics, "critic_terms", batch, ctx)
-        total = critic_loss if extra is None else critic_loss + extra
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        ctx.q = q.detach()
-        for reg in self.regularizers:
-            for key, value in reg.after_critic_step(batch, ctx).items():
-                metrics[f"{reg.name}/{key}"] = value.detach()
+        return loss, CriticContext(q=q, target=target, step=step, next_action=next_action, extras=extras)
 
-        # ---- delayed actor and targets -------------------------------------------------------------
-        if step % cfg.policy_freq == 0:
-            set_requires_grad(self.critic, False)  # the actor step needs no critic weight gradients
-            pi = self.actor(batch.observations)
-            q_pi = self.critic(batch.observations, pi, members=0)[0]  # Q1 only
-            if cfg.q_norm_alpha is not None:
-                lam = cfg.q_norm_alpha / q_pi.abs().mean().detach()
-                actor_q = -lam * q_pi.mean()
-            else:
-                actor_q = -q_pi.mean()
-            metrics["actor/q_term"] = actor_q.detach()
-            extra = self._regularizer_terms(metrics, "actor_terms", batch, ActorContext(pi, q_pi, step))
-            actor_loss = actor_q if extra is None else actor_q + extra
-            metrics["actor/loss"] = actor_loss.detach()
-            opt = self.optimizers["actor"]
-            opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            opt.step()
-            set_requires_grad(self.critic, True)
-            polyak_update_(self._target, self._online, cfg.tau)
-        for reg in self.regularizers:
-            reg.after_update(step)
-        return metrics
+    def actor_due(self, step: int) -> bool:
+        return step % self.config.policy_freq == 0
+
+    def actor_loss(
+        self, batch: Batch, step: int, generator: torch.Generator, metrics: dict[str, Tensor]
+    ) -> tuple[Tensor, ActorContext]:
+        set_requires_grad(self.critic, False)  # the actor step needs no critic weight gradients
+        pi = self.actor(batch.observations)
+        q_pi = self.critic(batch.observations, pi, members=0)[0]  # Q1 only
+        if self.config.q_norm_alpha is not None:
+            lam = self.config.q_norm_alpha / q_pi.abs().mean().detach()
+            actor_q = -lam * q_pi.mean()
+        else:
+            actor_q = -q_pi.mean()
+        metrics["actor/q_term"] = actor_q.detach()
+        return actor_q, ActorContext(pi, q_pi, step)
+
+    def actor_step(self, loss: Tensor, ctx: ActorContext, metrics: dict[str, Tensor]) -> None:
+        optimizer_step(self.optimizers["actor"], loss)
+        set_requires_grad(self.critic, True)
+
+    def end_update(self, step: int, metrics: dict[str, Tensor]) -> None:
+        if self.actor_due(step):  # delayed targets: with the actor
+            polyak_update_(self._target, self._online, self.config.tau)

@@ -10,6 +10,7 @@ from .layers import (
     hard_update_,
     init_bias_,
     init_last_layer_uniform_,
+    init_weight_fan_out_,
     mlp,
     polyak_update_,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "hard_update_",
     "init_last_layer_uniform_",
     "init_bias_",
+    "init_weight_fan_out_",
     "ObsNormalizer",
     "RunningNormalizer",
     "EnsembleCritic",

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import ObsNormalizer, init_bias_, init_last_layer_uniform_, mlp
+from .layers import ObsNormalizer, init_bias_, init_last_layer_uniform_, init_weight_fan_out_, mlp
 
 __all__ = ["DeterministicActor", "TanhGaussianActor", "gaussian_kl", "ACTOR_INITS"]
 
-ACTOR_INITS = ("pytorch", "sacn", "edac", "rlkit", "xavier")
+ACTOR_INITS = ("pytorch", "corl", "rlkit", "xavier")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG2 = math.log(2.0)
 
@@ -63,9 +63,12 @@ class TanhGaussianActor(nn.Module):
     Trunk ``s -> hidden (ReLU)``, then two separate linear heads (mean, log_std); ``log_std`` is
     clamped to ``log_std_bounds`` (``[-5, 2]`` CORL/RORL, ``[-20, 2]`` DroQ).
 
-    ``init``: ``"pytorch"`` default; ``"sacn"`` (aliases ``"edac"``, ``"rlkit"``): hidden biases 0.1,
-    both heads' weights and biases ``U(-1e-3, 1e-3)`` (offline.md 2.2, 6.2); ``"xavier"``: xavier
-    uniform weights, zero biases (D-REDQ).
+    ``init``: ``"pytorch"`` default; ``"corl"``: hidden biases 0.1, both heads' weights and biases
+    ``U(-1e-3, 1e-3)``, PyTorch's default hidden weights ``U(+-1/sqrt(in))`` (CORL SAC-N/EDAC ``Actor``,
+    tinkoff-ai/CORL @ 6afec90); ``"rlkit"``: the same except every hidden weight, the first included, is
+    ``U(+-1/sqrt(out))`` (rlkit ``fanin_init`` applied to an ``(out, in)`` ``nn.Linear`` weight: RORL's
+    ``TanhGaussianPolicy``/``Mlp``, YangRui2015/RORL @ c604043); ``"xavier"``: xavier uniform weights, zero
+    biases (D-REDQ).
 
     Log-prob of ``a = max_action * tanh(u)``: ``Normal(mean, std).log_prob(u).sum(-1) -
     sum(log(max_action * (1 - tanh(u)^2) + 1e-6))`` (CORL/EDAC ``+1e-6`` form, default) or, with
@@ -98,9 +101,11 @@ class TanhGaussianActor(nn.Module):
         self.mean_head = nn.Linear(hidden[-1], act_dim)
         self.log_std_head = nn.Linear(hidden[-1], act_dim)
         self.obs_normalizer = obs_normalizer if obs_normalizer is not None else ObsNormalizer()
-        if init in ("sacn", "edac", "rlkit"):
+        if init in ("corl", "rlkit"):
             for m in self.trunk:
                 if isinstance(m, nn.Linear):
+                    if init == "rlkit":
+                        init_weight_fan_out_(m)
                     init_bias_(m, 0.1)
             init_last_layer_uniform_(self.mean_head, 1e-3)
             init_last_layer_uniform_(self.log_std_head, 1e-3)

@@ -7,11 +7,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import EnsembleMLP, ObsNormalizer, init_bias_, init_last_layer_uniform_
+from .layers import EnsembleMLP, ObsNormalizer, init_bias_, init_last_layer_uniform_, init_weight_fan_out_
 
 __all__ = ["EnsembleCritic", "CRITIC_INITS"]
 
-CRITIC_INITS = ("pytorch", "sacn", "edac", "rlkit", "xavier")
+CRITIC_INITS = ("pytorch", "corl", "rlkit", "xavier")
 
 
 class EnsembleCritic(nn.Module):
@@ -21,8 +21,12 @@ class EnsembleCritic(nn.Module):
     ``init``:
       * ``"pytorch"`` - ``nn.Linear`` default per member (TD3+BC / SPOT / A2PR / PRDC / BEER,
         offline.md 1.4, 2.1, 3.2, 5.3; online_mb.md 3.2).
-      * ``"sacn"`` (aliases ``"edac"``, ``"rlkit"``) - default hidden weights, hidden biases 0.1,
-        output layer weight and bias ``U(-3e-3, 3e-3)`` (CORL SAC-N/EDAC offline.md 2.2, RORL 6.2).
+      * ``"corl"`` - CORL's SAC-N/EDAC critic (tinkoff-ai/CORL @ 6afec90, ``VectorizedCritic``): hidden
+        weights ``U(-1/sqrt(out), 1/sqrt(out))`` (its ``VectorizedLinear`` quirk, see
+        :func:`~rlreg.nets.layers.init_weight_fan_out_`; the first layer ``[s, a] -> 256`` is ``U(+-1/16)``),
+        hidden biases 0.1, output layer weight and bias ``U(-3e-3, 3e-3)``.
+      * ``"rlkit"`` - RORL's critic (YangRui2015/RORL @ c604043, ``ParallelizedEnsembleFlattenMLP``): the same
+        except hidden weights ``U(-1/sqrt(in), 1/sqrt(in))`` (rlkit ``fanin_init`` on an ``(in, out)`` weight).
       * ``"xavier"`` - ``xavier_uniform(gain=1)`` weights, zero biases (D-REDQ DroQ, online_mb.md 2.2).
     ``last_layer_init=w`` additionally re-draws the output layer ``U(-w, w)`` (SPOT AntMaze 3e-3,
     offline.md 5.3).  ``layer_norm``/``dropout`` follow the DroQ block order (online_mb.md 2.2);
@@ -54,8 +58,10 @@ class EnsembleCritic(nn.Module):
                                dropout=dropout, spectral_norm=spectral_norm)
         self.obs_normalizer = obs_normalizer if obs_normalizer is not None else ObsNormalizer()
         lins = list(self.net.linears)
-        if init in ("sacn", "edac", "rlkit"):
+        if init in ("corl", "rlkit"):
             for lin in lins[:-1]:
+                if init == "corl":
+                    init_weight_fan_out_(lin)
                 init_bias_(lin, 0.1)
             init_last_layer_uniform_(lins[-1], 3e-3)
         elif init == "xavier":

@@ -26,6 +26,7 @@ __all__ = [
     "hard_update_",
     "init_last_layer_uniform_",
     "init_bias_",
+    "init_weight_fan_out_",
     "ObsNormalizer",
     "RunningNormalizer",
 ]
@@ -90,7 +91,12 @@ class EnsembleLinear(nn.Module):
     ``(B, in)`` is shared by all members (stride-0 expand, no copy).
 
     Default init is, per member, exactly ``nn.Linear``'s (kaiming_uniform a=sqrt(5), i.e.
-    ``U(-1/sqrt(in), 1/sqrt(in))`` for weight and bias), as in CORL's ``VectorizedLinear``.
+    ``U(-1/sqrt(in), 1/sqrt(in))`` for weight and bias), the convention of rlkit's ensembles (RORL's
+    ``ParallelizedEnsembleFlattenMLP``). It is *not* what CORL's ``VectorizedLinear`` draws
+    (tinkoff-ai/CORL @ 6afec90, ``algorithms/offline/sac_n.py`` and ``edac.py``, ``reset_parameters``): CORL
+    calls ``kaiming_uniform_`` on each member's ``(in, out)`` slice, for which PyTorch takes
+    ``fan_in = out``, so its weights are ``U(-1/sqrt(out), 1/sqrt(out))``; see :func:`init_weight_fan_out_`
+    and ``EnsembleCritic(init="corl")``.
 
     ``spectral_norm=True``: each member's weight is divided by its largest singular value, estimated
     by batched power iteration with the semantics of
@@ -340,6 +346,21 @@ def init_last_layer_uniform_(layer: nn.Module, bound: float) -> nn.Module:
         layer.weight.uniform_(-bound, bound)
         if getattr(layer, "bias", None) is not None:
             layer.bias.uniform_(-bound, bound)
+    return layer
+
+
+def init_weight_fan_out_(layer: nn.Module) -> nn.Module:
+    """Weight ``U(-1/sqrt(out), 1/sqrt(out))`` with ``out`` the layer's output width (bias untouched).
+
+    Two official codebases draw this instead of ``nn.Linear``'s ``1/sqrt(in)``, each by applying a fan-in
+    rule to a weight stored the other way round: CORL's ``VectorizedLinear`` (``kaiming_uniform_`` on an
+    ``(in, out)`` slice; tinkoff-ai/CORL @ 6afec90, SAC-N/EDAC critics) and rlkit's ``fanin_init`` on an
+    ``nn.Linear`` weight of shape ``(out, in)`` (YangRui2015/RORL @ c604043, ``lifelong_rl/models/networks.py``
+    ``Mlp``, the RORL policy). Works for ``nn.Linear`` and :class:`EnsembleLinear`."""
+    out = layer.weight.shape[0] if isinstance(layer, nn.Linear) else layer.weight.shape[-1]
+    bound = 1.0 / math.sqrt(out)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound)
     return layer
 
 

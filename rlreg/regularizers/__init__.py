@@ -17,11 +17,18 @@ from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer, Se
 REGULARIZERS: dict[str, Callable[[Any], Regularizer]] = {}
 
 
-def register(name: str, config_cls: type) -> Callable[[type[Regularizer]], type[Regularizer]]:
-    """Class decorator: make ``name`` selectable as ``regularizer=[name]`` with config ``config_cls``."""
+def register(
+    name: str, config_cls: type, families: tuple[str, ...] | None = None, requires: tuple[str, ...] = ()
+) -> Callable[[type[Regularizer]], type[Regularizer]]:
+    """Class decorator: make ``name`` selectable as ``regularizer=[name]`` with config ``config_cls``.
+
+    ``families``: the learner families it fits (e.g. ``("td3",)``; None: any learner); ``requires``: what it
+    needs its learner to provide (e.g. ``("critic_features",)``). Both are checked when the agent is built."""
 
     def wrap(cls: type[Regularizer]) -> type[Regularizer]:
         cls.name = name
+        cls.families = None if families is None else frozenset(families)
+        cls.requires = frozenset(requires)
         REGULARIZERS[name] = cls
         register_regularizer_config(name, config_cls)
         return cls

@@ -13,8 +13,11 @@ right after the learner's critic step; the actor term uses ``v = V(s)`` from *be
     4. actor:  a_gen = Dec(s, z), z ~ Enc(s, pi(s))              (differentiable in pi(s))
                A_data = Q1(s, a) - v,   A_gen = Q1(s, a_gen) - v
                a*  = a_gen if A_gen >= A_data else a
-               w   = mask * (1[Q1(s, a_gen) >= v] + 1[Q1(s, a) > v])
+               w   = mask * 1[Q1(s, a_gen) >= v  or  Q1(s, a) > v]
                L_BC = mean_{B,dims} w * (pi(s) - a*)^2
+
+The weight is ``mask`` or 0, never ``2 mask``: the official actor step (ltlhuuu/A2PR @ f92a2a4, A2PR.py lines
+182-184) multiplies ``mask`` by the sum of two *bool* tensors, and PyTorch's bool + bool is a logical OR.
 
 The Q term ``-alpha / mean|Q1(s, pi(s))| * mean Q1(s, pi(s))`` is the TD3 learner's ``q_norm_alpha`` (alpha),
 and the per-dataset discount is ``agent.gamma``. Step 1 (critic) and the Polyak updates are the learner's.
@@ -76,15 +79,17 @@ def _check(config: A2PRConfig) -> None:
 def bc_target_and_weight(
     q_data: Tensor, q_gen: Tensor, v: Tensor, data_actions: Tensor, gen_actions: Tensor, mask: float
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample BC target ``a*`` ``(B, A)`` and weight ``w`` ``(B,)`` of offline.md 3.4 step 4 (ties: ``>=`` picks
-    the generated action, the dataset action's gate is strict). Gradients flow through ``gen_actions``."""
+    """Per-sample BC target ``a*`` ``(B, A)`` and weight ``w`` ``(B,)`` of the actor step (ties: ``>=`` picks
+    the generated action, the dataset action's gate is strict). Gradients flow through ``gen_actions``.
+
+    ``w = mask`` where either gate holds and 0 elsewhere (the official bool-OR, see the module docstring)."""
     use_gen = (q_gen - v) >= (q_data - v)
     target = torch.where(use_gen.unsqueeze(-1), gen_actions, data_actions)
-    weight = mask * ((q_gen >= v).to(q_gen.dtype) + (q_data > v).to(q_data.dtype))
+    weight = mask * torch.logical_or(q_gen >= v, q_data > v).to(q_gen.dtype)
     return target, weight
 
 
-@register("a2pr", A2PRConfig)
+@register("a2pr", A2PRConfig, families=("td3",))
 class A2PRRegularizer(Regularizer):
 
     def __init__(self, config: A2PRConfig) -> None:
@@ -95,17 +100,9 @@ class A2PRRegularizer(Regularizer):
         self._q_data: Tensor | None = None  # Q1(s, a) after this step's critic update
 
     def bind(self, learner, ctx: SetupContext) -> None:  # type: ignore[no-untyped-def]
-        from rlreg.learners.td3 import TD3Learner  # local import: the learners import this package
-
-        if not isinstance(learner, TD3Learner):
-            raise ValueError(
-                f"regularizer a2pr needs the TD3 learner (agent.learner=td3), got {type(learner).__name__}: its "
-                "value and VAE updates run between the critic step and the delayed actor step (offline.md 3.4)"
-            )
         super().bind(learner, ctx)
         cfg = self.config
         self.critic = learner.critic
-        self.gamma = learner.config.gamma
         self.value = mlp(ctx.obs_dim, cfg.value_hidden, 1)
         self.vae = ConditionalVAE(ctx.obs_dim, ctx.act_dim, latent_dim=cfg.latent_dim, hidden=cfg.vae_hidden,
                                   max_action=ctx.max_action)
@@ -127,7 +124,7 @@ class A2PRRegularizer(Regularizer):
         obs, actions = batch.observations, batch.actions
         with torch.no_grad():
             q_next = self.critic(batch.next_observations, ctx.next_action).min(dim=0).values  # updated critic
-            y_cur = batch.rewards + self.gamma * batch.not_done * q_next
+            y_cur = batch.rewards + batch.discounts * q_next
             value_target = torch.minimum(y_cur, ctx.target)
             q_data = self.critic(obs, actions, members=0)[0]
         # 2. value

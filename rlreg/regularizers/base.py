@@ -6,6 +6,9 @@ A learner calls every regularizer of the agent, in config order, at fixed points
 * ``after_critic_step(batch, ctx)``: the regularizer's own optimisation (e.g. A2PR's value net and VAE);
 * ``actor_terms(batch, ctx)``: extra actor loss terms (added to the policy objective);
 * ``after_update(step)``: schedules (e.g. RORL's decaying lambda);
+
+in the one order written in :mod:`rlreg.learners.base` (critic terms, critic step, after_critic_step,
+actor terms, actor step, after_update);
 * ``start_finetune()``: once, when online fine-tuning from an offline checkpoint begins (``trainer=finetune``).
 
 A regularizer may own networks (``self.modules``) and optimizers (``self.optimizers``), a pre-training
@@ -18,13 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rlreg.data.buffers import Batch
 
 if TYPE_CHECKING:
-    from rlreg.learners.base import Learner
+    from rlreg.learners.base import ActionSpec, Learner
 
 
 @dataclass
@@ -53,7 +57,7 @@ class ActorContext:
 
 @dataclass
 class SetupContext:
-    """Static facts a regularizer may need when it is bound to a learner."""
+    """Static facts a learner is built from and a regularizer may need when it is bound to a learner."""
 
     obs_dim: int
     act_dim: int
@@ -61,12 +65,39 @@ class SetupContext:
     device: torch.device
     dataset: Any = None  # the raw TransitionDataset of an offline run (as loaded, not normalised)
     buffer: Any = None  # the OfflineBuffer of an offline run: device tensors, states normalised as trained on
+    action_spec: "ActionSpec | None" = None  # the env's Box (None: [-max_action, max_action]^act_dim)
+    env: Any = None  # the EnvConfig of the training env (online) or evaluation env (offline), if any
+    seed: int = 0  # the run seed (for generators a learner or regularizer owns)
+    # the trainer's state normalisation, decided once (dataset.normalize_states): batches come normalised with
+    # it, and the learner's ``state_normalizer`` applies it to env observations; None: raw states
+    obs_mean: np.ndarray | None = None
+    obs_std: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        from rlreg.learners.base import ActionSpec
+
+        if self.action_spec is None:
+            bound = np.full(self.act_dim, self.max_action, dtype=np.float32)
+            self.action_spec = ActionSpec(-bound, bound)
+        self.device = torch.device(self.device)
+
+    @classmethod
+    def box(cls, obs_dim: int, act_dim: int, max_action: float = 1.0, device: torch.device | str = "cpu",
+            **kwargs: Any) -> "SetupContext":
+        """A setup for a symmetric Box ``[-max_action, max_action]^act_dim`` (tests, scripts)."""
+        return cls(obs_dim=obs_dim, act_dim=act_dim, max_action=max_action, device=torch.device(device), **kwargs)
 
 
 class Regularizer:
-    """Base class with no-op hooks; subclasses override what they need."""
+    """Base class with no-op hooks; subclasses override what they need.
+
+    ``families``: the learner families it fits (None: any learner), checked when the agent is built;
+    ``requires``: what it needs the learner to provide (e.g. ``{"critic_features"}``: TD3 then returns the
+    critic's features in ``CriticContext.extras``). A regularizer never changes its learner's attributes."""
 
     name: str = "regularizer"
+    families: frozenset[str] | None = None
+    requires: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.modules = nn.ModuleDict()
@@ -96,7 +127,8 @@ class Regularizer:
     def actor_terms(self, batch: Batch, ctx: ActorContext) -> dict[str, Tensor]:
         return {}
 
-    def after_update(self, step: int) -> None:
+    def after_update(self, step: int) -> dict[str, Tensor] | None:
+        """After the learner's update (schedules, the regularizer's own post-update steps); may return metrics."""
         return None
 
     def start_finetune(self) -> None:

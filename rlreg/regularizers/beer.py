@@ -70,7 +70,7 @@ def beer_bound(
     return numerator / denominator
 
 
-@register("beer", BEERConfig)
+@register("beer", BEERConfig, families=("td3",), requires=("critic_features",))
 class BEERRegularizer(Regularizer):
 
     def __init__(self, config: BEERConfig) -> None:
@@ -88,9 +88,6 @@ class BEERRegularizer(Regularizer):
 
     def bind(self, learner, ctx: SetupContext) -> None:  # type: ignore[no-untyped-def]
         super().bind(learner, ctx)
-        if not hasattr(learner, "critic_features") or not hasattr(learner, "actor_target"):
-            raise ConfigError("regularizer beer needs the deterministic-policy learner: set agent.learner=td3")
-        learner.critic_features = True  # the critic step returns phi and phi_bar' in ctx.extras
         self.gamma = float(self.config.bound_gamma if self.config.bound_gamma is not None else learner.config.gamma)
 
     def critic_terms(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:

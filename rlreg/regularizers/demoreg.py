@@ -117,11 +117,13 @@ def rollout_demos(
     return [np.stack(o) for o in obs_log], [np.stack(a) for a in act_log], returns
 
 
-@register("demoreg", DemoRegConfig)
+@register("demoreg", DemoRegConfig, families=("sac",), requires=("policy_prior",))
 class DemoRegRegularizer(Regularizer):
 
     def __init__(self, config: DemoRegConfig) -> None:
         super().__init__()
+        if config.init_actor:  # the learner starts its actor from the prior when BC ends
+            self.requires = type(self).requires | {"actor_init"}
         _choice(config.mode, ("fixed", "target"), "mode")
         _choice(config.source, ("policy", "dataset"), "source")
         _choice(config.select, ("best", "first"), "select")
@@ -142,10 +144,6 @@ class DemoRegRegularizer(Regularizer):
     # -- wiring ------------------------------------------------------------------------------------
     def bind(self, learner, ctx: SetupContext) -> None:  # type: ignore[no-untyped-def]
         super().bind(learner, ctx)
-        if not hasattr(learner, "policy_prior") or not isinstance(getattr(learner, "actor", None), TanhGaussianActor):
-            raise ConfigError("regularizer demoreg needs the SAC learner: set agent.learner=sac")
-        if "alpha" in learner.optimizers:
-            raise ConfigError("regularizer demoreg replaces the entropy term: set agent.learn_alpha=false")
         cfg = self.config
         self.ctx = ctx
         actor = learner.actor
@@ -163,7 +161,6 @@ class DemoRegRegularizer(Regularizer):
         if cfg.mode == "target":
             self.optimizers["lam"] = adam([self.log_lam], cfg.lam_lr)
         self.target_kl = float(cfg.target_kl if cfg.target_kl is not None else 0.5 * ctx.act_dim)
-        learner.policy_prior = self
 
     # -- the PolicyPrior protocol used by the SAC learner ------------------------------------------
     def kl(self, obs: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -181,10 +178,10 @@ class DemoRegRegularizer(Regularizer):
         self._kl = ctx.extras["kl"].detach().mean()
         return {}
 
-    def after_critic_step(self, batch: Batch, ctx: CriticContext) -> dict[str, Tensor]:
+    def after_update(self, step: int) -> dict[str, Tensor]:
         kl, self._kl = self._kl, None
         if self.config.mode == "target" and kl is not None:
-            # SPiRL: L(log lambda) = lambda * (delta - KL).detach(), on the actor step's KL
+            # SPiRL: L(log lambda) = lambda * (delta - KL).detach(), on this update's actor-step KL
             opt = self.optimizers["lam"]
             opt.zero_grad(set_to_none=True)
             (self.log_lam.exp() * (self.target_kl - kl)).backward()
@@ -255,7 +252,7 @@ class DemoRegRegularizer(Regularizer):
         idx = torch.randint(0, d["num_train"], (batch_size,), device=obs.device, generator=generator)
         o = obs[idx]
         zeros = torch.zeros(batch_size, device=obs.device)
-        return Batch(o, act[idx], zeros, o, zeros + 1.0)
+        return Batch(o, act[idx], zeros, o, zeros + 1.0, zeros)
 
     def pretrain_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         cfg = self.config
@@ -286,15 +283,17 @@ class DemoRegRegularizer(Regularizer):
         return metrics
 
     def _finish_pretraining(self) -> None:
-        """Keep the best prior, freeze it, and start the actor from it (``init_actor``)."""
+        """Keep the best prior and freeze it (the learner then starts its actor from it: ``actor_init_state``)."""
         if self.best["state"] is not None:
             self.prior.load_state_dict(self.best["state"])
         self.prior.requires_grad_(False)
-        if self.config.init_actor:
-            state = self.prior.state_dict()
-            self.learner.actor.load_state_dict(state)
         self.best["finished"] = True
         self.best["state"] = None  # the prior's own weights are now the best ones
+
+    def actor_init_state(self) -> dict[str, Tensor] | None:
+        """The prior's weights, from which the learner starts its actor when pre-training ends (``init_actor``;
+        the learner provides ``actor_init``)."""
+        return self.prior.state_dict() if self.config.init_actor else None
 
     # -- checkpointing -----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

@@ -18,11 +18,10 @@ normalised units (``eps * sd_D`` in raw units, 6.3), the same ``n`` offsets for 
 fresh for every term and step. All ``B * n`` perturbed states go through the actor or the critic ensemble
 as one batched pass.
 
-Input normalisation (6.2, ``--norm_input``): when the buffer holds raw states and the dataset is known,
-``bind`` sets ``(s - mu_D) / (sd_D + 1e-6)`` on the actor, critic and target critic normalisers, and the
-perturbation scale is that same ``sd_D + 1e-6``, so the box is exactly ``eps`` wide in the networks'
-input units. When the trainer already normalised the buffer (``dataset.normalize_states=true``) the box
-is ``eps`` in those units; without a dataset (online) it is ``eps`` in raw units.
+Input normalisation (``--norm_input``): ``(s - mu_D) / (sd_D + 1e-6)``, done once by the trainer
+(``conf/agent/rorl.yaml``: ``dataset.normalize_states=true``, ``dataset.state_std_eps=1e-6``) like for every
+agent, so the perturbation box is exactly ``eps`` wide in the networks' input units (``eps * sd_D`` in raw
+units). With ``dataset.normalize_states=false`` the box is ``eps`` in raw units.
 
 Deviations from YangRui2015/RORL @ c604043, none of which changes the update:
 
@@ -185,33 +184,6 @@ class PerturbationSampler:
         return (obs.unsqueeze(1) + delta).reshape(obs.shape[0] * n, obs.shape[1])
 
 
-def bind_input_normalisation(learner: Any, ctx: SetupContext) -> Tensor:
-    """Turn on RORL's in-network input normalisation (6.2) and return the perturbation scale per state dim.
-
-    * buffer already normalised by the trainer (``dataset.normalize_states=true``): ones;
-    * networks already normalising (another RORL term was bound first): their std;
-    * raw buffer and a dataset: set ``mean_D`` and ``sd_D + 1e-6`` on the ``obs_normalizer`` of the actor,
-      critic and their targets (copies made before bind) and return ``sd_D + 1e-6``;
-    * no dataset (online): ones (raw units).
-    """
-    ones = torch.ones(ctx.obs_dim, device=ctx.device)
-    if ctx.buffer is not None and getattr(ctx.buffer, "obs_mean", None) is not None:
-        return ones
-    nets = [getattr(learner, k) for k in ("actor", "actor_target", "critic", "critic_target") if hasattr(learner, k)]
-    norms = [net.obs_normalizer for net in nets if hasattr(net, "obs_normalizer")]
-    active = [nm for nm in norms if nm.active]
-    if active:
-        return active[0].std.to(ctx.device)
-    if ctx.dataset is None:
-        return ones
-    mean, std = ctx.dataset.state_stats(eps=1e-6)
-    mean_t = torch.as_tensor(mean, device=ctx.device)
-    std_t = torch.as_tensor(std, device=ctx.device)
-    for nm in norms:
-        nm.set_stats(mean_t, std_t)
-    return std_t
-
-
 # --------------------------------------------------------------------------------------------------
 # the big ensemble passes with reused buffers (offline.md 6.9; official_speed.md: allocator churn)
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +303,8 @@ class _PerturbingRegularizer(Regularizer):
     def bind(self, learner: Any, ctx: SetupContext) -> None:
         super().bind(learner, ctx)
         self.device = ctx.device
-        self.sampler = PerturbationSampler(bind_input_normalisation(learner, ctx), _generator(ctx, self.name))
+        # the box is eps wide in the units of the states the learner trains on (normalised by the trainer for RORL)
+        self.sampler = PerturbationSampler(torch.ones(ctx.obs_dim, device=ctx.device), _generator(ctx, self.name))
         self.workspace = Workspace()
         # the reused-buffer passes for plain ReLU ensembles; autograd through the module otherwise
         self.use_workspace = plain_ensemble(getattr(learner, "critic", None))
@@ -361,7 +334,7 @@ def _pick(rows: Tensor, index: Tensor, batch: int, n: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-@register("rorl_policy", RORLPolicyConfig)
+@register("rorl_policy", RORLPolicyConfig, families=("sac",))
 class RORLPolicySmoothing(_PerturbingRegularizer):
     """``weight * L_P`` on the actor loss (see module docstring)."""
 
@@ -395,7 +368,7 @@ class RORLPolicySmoothing(_PerturbingRegularizer):
         return {"loss": cfg.weight * loss}
 
 
-@register("rorl_q", RORLQConfig)
+@register("rorl_q", RORLQConfig, families=("sac",))
 class RORLQSmoothing(_PerturbingRegularizer):
     """``weight * L_Qs`` on the critic loss (see module docstring)."""
 
@@ -428,7 +401,7 @@ class RORLQSmoothing(_PerturbingRegularizer):
         return {"loss": cfg.weight * loss}
 
 
-@register("rorl_ood", RORLOODConfig)
+@register("rorl_ood", RORLOODConfig, families=("sac",))
 class RORLOODPessimism(_PerturbingRegularizer):
     """``weight * L_ood`` on the critic loss with the decaying ``lambda_t`` (see module docstring)."""
 

@@ -31,24 +31,39 @@ Deviations from the official code (and why):
   unreported. As in the official code the guard is off during online fine-tuning.
 * An RL stage that starts before the VAE pre-training finished (only possible outside the offline trainer,
   e.g. in ``scripts/bench_updates.py``) warns instead of failing.
-* VAE pre-training and RL share the run's batch sampler (uniform with replacement, ``trainer.batch_size``)
-  and random state, so one run does both stages resumably; the official code trains the VAE in a separate
-  script and loads it from a file (``--vae_model_path``), i.e. one VAE per dataset shared by all seeds,
-  whereas here each seed pre-trains its own.
+* Where the VAE comes from. The official code pre-trains one VAE per dataset in a separate script
+  (``train_vae.py``, ``--seed 0``) and every RL seed loads that file (``main.py --vae_model_path``).
+  ``regularizer.spot.vae_cache=<dir>`` (the default of ``agent=spot``) does the same: the VAE is pre-trained
+  once per (dataset as the VAE sees it, ``vae_seed`` and VAE settings) and stored in ``<dir>``; every later
+  run on that data with those settings loads it, whatever its RL seed, so no seed pays the pre-training again.
+  The cached VAE depends on nothing but the data and ``vae_seed`` (own initialisation, batch sampler and latent
+  noise, run inside a forked RNG, so a run that trains the VAE and one that loads it continue identically).
+  Each entry records the fingerprint of the data it was trained on (SHA-256 of the normalised states and the
+  actions) and its settings, and is refused for any other data. To the trainer the cached pre-training is one
+  step (``pretrain_steps`` is 1), checkpointed like any other. ``vae_cache=null`` pre-trains a VAE per run
+  instead, with the run's batch sampler and random state, resumable mid-way.
+* Both modes run exactly ``pretrain_steps`` VAE iterations (batch ``trainer.batch_size``); the official loop
+  runs ``num_iters + 1`` (``range(args.num_iters + 1)``, thuml/SPOT @ 4be91cc ``train_vae.py``): set
+  ``pretrain_steps=100001`` for the official count.
 * The VAE's optimiser state is kept (never stepped) after pre-training so every checkpoint has the same
   layout.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from rlreg.checkpoint import atomic_torch_save
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import adam
 from rlreg.nets import ConditionalVAE
@@ -67,6 +82,10 @@ class SPOTConfig:
     lambd: float = 1.0  # lambda, the density-penalty weight (official CLI default; per dataset in conf/tuned/spot/)
     beta: float = 0.5  # KL weight of the VAE loss and of the density estimate
     pretrain_steps: int = 100_000  # VAE pre-training iterations (train_vae.py --num_iters)
+    # directory of VAEs pre-trained once per dataset and reused by every RL seed (official train_vae.py + main.py
+    # --vae_model_path); None: each run pre-trains its own with its own seed
+    vae_cache: str | None = None
+    vae_seed: int = 0  # seed of a cached VAE's initialisation, batches and noise (official train_vae.py: 0)
     vae_lr: float = 1e-3
     vae_hidden: tuple[int, ...] = (750, 750)
     latent_dim: int | None = None  # None: 2 |A|
@@ -88,6 +107,8 @@ def _check(config: SPOTConfig) -> None:
         raise bad("beta", "must be > 0")
     if config.pretrain_steps < 0:
         raise bad("pretrain_steps", "must be >= 0")
+    if config.vae_cache is not None and not config.vae_cache:
+        raise bad("vae_cache", "must be a directory (or null to pre-train a VAE per run)")
     if not config.vae_lr > 0:
         raise bad("vae_lr", "must be > 0")
     if not config.vae_hidden or min(config.vae_hidden) < 1:
@@ -130,6 +151,74 @@ def neg_log_density(
     return -(torch.logsumexp(w, dim=0) - math.log(num_samples))
 
 
+def vae_loss(vae: ConditionalVAE, batch: Batch, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Pre-training loss ``mean (Dec(s, z) - a)^2 + beta * mean KL_elem`` (train_vae.py), its two parts."""
+    rec, kl = vae.elbo_terms(batch.observations, batch.actions)
+    recon, kl_mean = rec.mean(), kl.mean()
+    return recon + beta * kl_mean, recon, kl_mean
+
+
+def data_fingerprint(*tensors: Tensor) -> str:
+    """SHA-256 of the tensors' shapes, dtypes and bytes (the data exactly as a network sees it)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+class VAECacheError(ValueError):
+    """A cached SPOT VAE does not belong to this run's data or settings."""
+
+
+def cached_vae_state(
+    cache_dir: Path, buffer: Any, settings: dict[str, Any], build: Any, batch_size: int, device: torch.device
+) -> tuple[dict[str, Tensor], dict[str, float], bool]:
+    """The pre-trained VAE for ``buffer``'s data and ``settings`` from ``cache_dir``, training and storing it first
+    on a miss. Returns ``(state_dict, final metrics, hit)``. ``build()`` makes a fresh :class:`ConditionalVAE`.
+
+    Concurrent runs (seeds launched together) take a file lock, so one trains and the others wait and load.
+    An entry whose recorded data fingerprint or settings differ from this run's raises :class:`VAECacheError`."""
+    fingerprint = data_fingerprint(buffer.observations, buffer.actions)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"spot_vae-{fingerprint[:16]}-seed{settings['vae_seed']}-{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.exists():
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry.get("data_fingerprint") != fingerprint:
+                raise VAECacheError(
+                    f"{path}: this SPOT VAE was pre-trained on other data (fingerprint "
+                    f"{str(entry.get('data_fingerprint'))[:16]}..., this run's data {fingerprint[:16]}...); refusing to "
+                    "use it. Delete the file or point regularizer.spot.vae_cache at another directory."
+                )
+            if entry.get("settings") != settings:
+                raise VAECacheError(
+                    f"{path}: this SPOT VAE was pre-trained with other settings ({entry.get('settings')}, this run "
+                    f"{settings}); refusing to use it. Delete the file or point regularizer.spot.vae_cache elsewhere."
+                )
+            return entry["state_dict"], entry["metrics"], True
+        # a miss: pre-train from vae_seed alone (init, batches, latent noise), leaving the run's RNG untouched
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            torch.manual_seed(settings["vae_seed"])
+            vae = build().to(device)
+            opt = adam(vae.parameters(), settings["vae_lr"])
+            gen = torch.Generator(device=buffer.observations.device).manual_seed(settings["vae_seed"])
+            parts: tuple[Tensor, Tensor, Tensor] | None = None
+            for _ in range(settings["pretrain_steps"]):
+                parts = vae_loss(vae, buffer.sample(batch_size, gen), settings["beta"])
+                opt.zero_grad(set_to_none=True)
+                parts[0].backward()
+                opt.step()
+        metrics = {} if parts is None else {k: float(v.detach()) for k, v in zip(("loss", "recon", "kl"), parts)}
+        state = {k: v.detach().to("cpu") for k, v in vae.state_dict().items()}
+        atomic_torch_save({"data_fingerprint": fingerprint, "settings": settings, "state_dict": state,
+                           "metrics": metrics}, path)
+        return state, metrics, False
+
+
 @register("spot", SPOTConfig)
 class SPOTRegularizer(Regularizer):
 
@@ -144,25 +233,50 @@ class SPOTRegularizer(Regularizer):
     def bind(self, learner, ctx: SetupContext) -> None:  # type: ignore[no-untyped-def]
         super().bind(learner, ctx)
         cfg = self.config
-        self.vae = ConditionalVAE(ctx.obs_dim, ctx.act_dim, latent_dim=cfg.latent_dim, hidden=cfg.vae_hidden,
-                                  max_action=ctx.max_action)
+        self.vae = self._build_vae(ctx)
+        self._ctx = ctx  # the cached pre-training reads ctx.buffer and ctx.device
+        self.cache_hit: bool | None = None  # cached mode: whether the VAE came from the cache (None: not yet)
         self.modules["vae"] = self.vae
         self.optimizers["vae"] = adam(self.vae.parameters(), cfg.vae_lr)
         # divergence guard: first update with mean Q1(s, pi(s)) > threshold (-1: none yet) and that mean
         self._div_step = torch.full((), -1, dtype=torch.long, device=ctx.device)
         self._div_q = torch.zeros((), device=ctx.device)
 
+    def _build_vae(self, ctx: SetupContext) -> ConditionalVAE:
+        cfg = self.config
+        return ConditionalVAE(ctx.obs_dim, ctx.act_dim, latent_dim=cfg.latent_dim, hidden=cfg.vae_hidden,
+                              max_action=ctx.max_action)
+
     # -- stage 1: VAE pre-training (offline.md 5.2) -------------------------------------------------
     @property
     def pretrain_steps(self) -> int:
+        """Pre-training calls the trainer makes: ``pretrain_steps`` VAE steps, or one call that loads (or trains
+        once and stores) the cached VAE."""
+        if self.config.vae_cache is not None:
+            return 1 if self.config.pretrain_steps > 0 else 0
         return self.config.pretrain_steps
+
+    def _load_cached(self, batch_size: int) -> dict[str, Tensor]:
+        cfg, ctx = self.config, self._ctx
+        if ctx.buffer is None:
+            raise ValueError("regularizer.spot.vae_cache needs the offline dataset to pre-train on (offline trainer); "
+                             "set regularizer.spot.vae_cache=null to pre-train without it")
+        vae = self.vae
+        settings = {"vae_seed": cfg.vae_seed, "pretrain_steps": cfg.pretrain_steps, "batch_size": batch_size,
+                    "beta": cfg.beta, "vae_lr": cfg.vae_lr, "vae_hidden": list(cfg.vae_hidden),
+                    "latent_dim": vae.latent_dim, "max_action": float(ctx.max_action)}
+        state, metrics, self.cache_hit = cached_vae_state(
+            Path(cfg.vae_cache), ctx.buffer, settings, lambda: self._build_vae(ctx), batch_size, ctx.device)  # type: ignore[arg-type]
+        vae.load_state_dict(state)
+        self.pretrained = cfg.pretrain_steps
+        return {k: torch.tensor(v, device=ctx.device) for k, v in metrics.items()}
 
     def pretrain_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         if self._frozen:
             raise RuntimeError("SPOT: the VAE is frozen; pre-training must come before the RL stage")
-        rec, kl = self.vae.elbo_terms(batch.observations, batch.actions)
-        recon, kl_mean = rec.mean(), kl.mean()
-        loss = recon + self.config.beta * kl_mean  # train_vae.py: F.mse_loss(recon, a) + beta * KL.mean()
+        if self.config.vae_cache is not None:
+            return self._load_cached(batch.observations.shape[0])
+        loss, recon, kl_mean = vae_loss(self.vae, batch, self.config.beta)
         opt = self.optimizers["vae"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -240,13 +240,11 @@ class TrainerBase:
     def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
         t = self.run.trainer
         result = evaluate(
-            lambda obs: self.learner.act(obs, deterministic=True),
+            lambda obs: torch.from_numpy(self.learner.act_env(obs, deterministic=True)),
             self.eval_env,
             episodes=t.eval_episodes,
             seed=self.run.seed + t.eval_seed_offset,
             device=self.device,
-            obs_mean=self.obs_mean,
-            obs_std=self.obs_std,
         )
         ret = result.mean_return
         score = normalized_score(ret, self.eval_env.ref_min_score, self.eval_env.ref_max_score)
@@ -308,6 +306,8 @@ class TrainerBase:
                 batch = self._pretrain_batch(reg, t.batch_size)
                 self.metrics.add({f"pretrain/{reg.name}/{k}": v for k, v in reg.pretrain_step(batch, i).items()}, i)
                 self.pretrain_done[reg.name] = i
+                if i >= reg.pretrain_steps:  # finished (possibly early): before the checkpoint below
+                    self.learner.on_pretrain_finished(reg)
                 if i % t.log_every == 0 or i == total:
                     self._flush_metrics(logger, {"pretrain_step": i})
                 if i % t.checkpoint_every == 0 or i == total:

@@ -33,14 +33,13 @@ import torch
 from rlreg.agents import build_agent
 from rlreg.checkpoint import latest_checkpoint, load_checkpoint
 from rlreg.config import ConfigError, RunConfig
-from rlreg.data.buffers import OfflineBuffer, ReplayBuffer
+from rlreg.data.buffers import BUFFER_ROWS, OfflineBuffer
 from rlreg.data.dataset import make_reward_fn
 from rlreg.data.sources import load_dataset
-from rlreg.envs import env_spaces, make_env
+from rlreg.envs import env_setup, env_spaces, make_env
 from rlreg.trainers.common import derive_run_dir
 from rlreg.trainers.online import OnlineTrainer, episode_seed
 
-_ROWS = ("observations", "actions", "rewards", "next_observations", "not_done")
 
 
 def offline_run_dir(run: RunConfig) -> Path:
@@ -62,8 +61,7 @@ class FinetuneTrainer(OnlineTrainer):
         dcfg, t = self.run.dataset, self.run.trainer
         assert dcfg is not None
         self.eval_env = dcfg.env
-        obs_dim, act_dim, max_action, obs_space, act_space = env_spaces(dcfg.env)
-        self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+        _, _, _, obs_space, act_space = env_spaces(dcfg.env)
         dataset = load_dataset(dcfg)
         dataset.validate(observation_shape=obs_space.shape, action_shape=act_space.shape,
                          action_low=act_space.low, action_high=act_space.high)
@@ -71,20 +69,22 @@ class FinetuneTrainer(OnlineTrainer):
             self.obs_mean, self.obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
         reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
         offline = OfflineBuffer(dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std,
-                                reward_fn=reward_fn)
+                                reward_fn=reward_fn, gamma=self.run.agent.learner_config.gamma)
         if t.buffer_size < len(offline) + t.total_steps:
             raise ConfigError(
                 f"trainer.buffer_size={t.buffer_size} cannot hold the {len(offline)} offline transitions plus "
                 f"trainer.total_steps={t.total_steps} online ones; set trainer.buffer_size >= "
                 f"{len(offline) + t.total_steps}"
             )
-        self.buffer = ReplayBuffer(t.buffer_size, obs_dim, act_dim, device=self.device)
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=dataset, buffer=offline,
+                          obs_mean=self.obs_mean, obs_std=self.obs_std)
+        self.learner = build_agent(self.run.agent, setup)
+        self.buffer = self._replay_buffer(setup.obs_dim, t.buffer_size)
         self.buffer.add(offline.observations, offline.actions, offline.rewards, offline.next_observations,
                         1.0 - offline.not_done)
+        self.sampler = self.learner.sampler(self.buffer)
         self.prefill = len(offline)
         self.env = self._wrap_env(make_env(dcfg.env), reward_fn)
-        self.learner = build_agent(self.run.agent, obs_dim, act_dim, max_action, self.device, dataset=dataset,
-                                   buffer=offline)
         self.updates = 0
         self.episode = 0
         self.episode_actions: list[np.ndarray] = []
@@ -140,7 +140,7 @@ class FinetuneTrainer(OnlineTrainer):
     def _extra_state(self) -> dict[str, Any]:
         state = super()._extra_state()
         buf = dict(state["buffer"])
-        for key in _ROWS:
+        for key in BUFFER_ROWS:
             buf[key] = buf[key][self.prefill:].clone()
         buf["prefill"] = self.prefill
         state["buffer"] = buf
@@ -153,7 +153,7 @@ class FinetuneTrainer(OnlineTrainer):
             raise ValueError(f"checkpoint was written with {prefill} pre-filled offline rows; the dataset now "
                              f"gives {self.prefill}")
         base = self.buffer.state_dict()  # at this point: the pre-filled rows only
-        for key in _ROWS:
+        for key in BUFFER_ROWS:
             rows = buf[key]
             assert isinstance(rows, torch.Tensor)
             buf[key] = torch.cat([base[key], rows])  # type: ignore[list-item]

@@ -10,7 +10,7 @@ from rlreg.agents import build_agent
 from rlreg.data.buffers import OfflineBuffer
 from rlreg.data.dataset import make_reward_fn
 from rlreg.data.sources import load_dataset
-from rlreg.envs import env_spaces, normalized_score
+from rlreg.envs import env_setup, env_spaces, normalized_score
 from rlreg.logging import RunLogger, progress_bar
 from rlreg.trainers.common import TrainerBase
 
@@ -20,7 +20,7 @@ class OfflineTrainer(TrainerBase):
         dcfg = self.run.dataset
         assert dcfg is not None
         self.eval_env = dcfg.env
-        obs_dim, act_dim, max_action, obs_space, act_space = env_spaces(dcfg.env)
+        _, _, _, obs_space, act_space = env_spaces(dcfg.env)
         dataset = load_dataset(dcfg)
         dataset.validate(
             observation_shape=obs_space.shape,
@@ -39,11 +39,12 @@ class OfflineTrainer(TrainerBase):
             self.obs_mean, self.obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
         reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
         self.buffer = OfflineBuffer(
-            dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std, reward_fn=reward_fn
+            dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std, reward_fn=reward_fn,
+            gamma=self.run.agent.learner_config.gamma,
         )
-        self.learner = build_agent(
-            self.run.agent, obs_dim, act_dim, max_action, self.device, dataset=dataset, buffer=self.buffer
-        )
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=dataset, buffer=self.buffer,
+                          obs_mean=self.obs_mean, obs_std=self.obs_std)
+        self.learner = build_agent(self.run.agent, setup)
         self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
 
     def _extra_state(self) -> dict[str, Any]:

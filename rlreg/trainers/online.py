@@ -21,7 +21,7 @@ import torch
 from rlreg.agents import build_agent
 from rlreg.config import ConfigError
 from rlreg.data.buffers import ReplayBuffer
-from rlreg.envs import env_spaces, make_env
+from rlreg.envs import env_setup, make_env
 from rlreg.logging import RunLogger, progress_bar
 from rlreg.trainers.common import TrainerBase
 
@@ -34,11 +34,11 @@ class OnlineTrainer(TrainerBase):
     def _setup(self) -> None:
         assert self.run.env is not None
         self.eval_env = self.run.env
-        obs_dim, act_dim, max_action, _, act_space = env_spaces(self.run.env)
-        self.act_low, self.act_high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+        setup = env_setup(self.run.env, self.device, seed=self.run.seed)
         self.env = make_env(self.run.env)
-        self.buffer = ReplayBuffer(self.run.trainer.buffer_size, obs_dim, act_dim, device=self.device)
-        self.learner = build_agent(self.run.agent, obs_dim, act_dim, max_action, self.device)
+        self.learner = build_agent(self.run.agent, setup)
+        self.buffer = self._replay_buffer(setup.obs_dim, self.run.trainer.buffer_size)
+        self.sampler = self.learner.sampler(self.buffer)
         self.updates = 0
         self.episode = 0
         self.episode_actions: list[np.ndarray] = []
@@ -46,8 +46,15 @@ class OnlineTrainer(TrainerBase):
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, 0))
         self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}
 
+    def _replay_buffer(self, obs_dim: int, capacity: int) -> ReplayBuffer:
+        """The online buffer in the learner's action format, with its discount and n-step writer."""
+        spec, lc = self.learner.action_spec, self.run.agent.learner_config
+        return ReplayBuffer(capacity, obs_dim, spec.dim, device=self.device, action_dtype=spec.stored_dtype,
+                            gamma=lc.gamma, n_step=getattr(lc, "n_step", 1))
+
     def _extra_state(self) -> dict[str, Any]:
-        actions = np.asarray(self.episode_actions, dtype=np.float32).reshape(-1, self.act_low.shape[0])
+        spec = self.learner.action_spec
+        actions = np.asarray(self.episode_actions, dtype=np.float32).reshape(-1, spec.dim)
         return {
             "buffer": self.buffer.state_dict(),
             "updates": self.updates,
@@ -64,7 +71,7 @@ class OnlineTrainer(TrainerBase):
         self.episode = int(state["episode"])
         self.episode_return = float(state["episode_return"])
         self.pretrain_done.update({k: int(v) for k, v in state.get("pretrain_done", {}).items()})
-        actions = state["episode_actions"].cpu().numpy()
+        actions = state["episode_actions"].cpu().numpy()  # env actions, as stepped
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
         for action in actions:
             self.obs, *_ = self.env.step(action)
@@ -90,13 +97,14 @@ class OnlineTrainer(TrainerBase):
         while self.step < t.total_steps:
             self.step += 1
             if self.step <= t.warmup_steps and t.warmup_policy == "uniform":
-                action = self.np_rng.uniform(self.act_low, self.act_high).astype(np.float32)
+                action = self.learner.random_action(self.generator)
             else:
                 obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
-                action = self.learner.act(obs, deterministic=False, generator=self.generator).cpu().numpy()
-            next_obs, reward, terminated, truncated, _ = self.env.step(action)
-            self.buffer.add(self.obs, action, reward, next_obs, terminated)
-            self.episode_actions.append(action)
+                action = self.learner.act(obs, deterministic=False, generator=self.generator)
+            env_action = self.learner.action_spec.to_env(action)
+            next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
+            self.buffer.add(self.obs, action, reward, next_obs, terminated, truncated)
+            self.episode_actions.append(env_action)
             self.episode_return += float(reward)
             self.obs = next_obs
             if terminated or truncated:
@@ -105,10 +113,11 @@ class OnlineTrainer(TrainerBase):
                 self.episode += 1
                 self.episode_actions, self.episode_return = [], 0.0
                 self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
+            self.metrics.add(self.learner.on_env_step(self.step, self.buffer, self.generator), self.step)
             if self.step > t.warmup_steps:
                 for _ in range(t.utd_ratio):
                     self.updates += 1
-                    batch = self.buffer.sample(t.batch_size, self.generator)
+                    batch = self.sampler.sample(t.batch_size, self.generator)
                     self.metrics.add(self.learner.update(batch, self.updates, self.generator), self.step)
             self._after_step(logger, bar, {"updates": self.updates})
         bar.close()
