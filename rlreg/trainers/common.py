@@ -275,7 +275,7 @@ class TrainerBase:
             row = self._flush_metrics(logger, extra)
             # the progress bar also shows the trainer's counters (e.g. updates) and the learner's progress_keys
             # metrics (e.g. MBPO's model/holdout_mse) of the last window
-            keys = getattr(self.learner, "progress_keys", ())
+            keys = self.learner.progress_keys
             self._postfix(bar, **(extra or {}), **{k.split("/")[-1]: round(row[k], 4) for k in keys if k in row})
         on_schedule = self.step % t.eval_every == 0
         if on_schedule:
