@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # this checkout's rlreg, not an installed one
 
 from rlreg.agents import build_agent  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402

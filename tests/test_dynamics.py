@@ -86,7 +86,8 @@ def test_scaler_is_refit_on_training_rows_and_makes_the_model_affine_invariant()
 def _corrupted_model(offsets: list[float]) -> tuple[EnsembleDynamics, torch.Tensor, torch.Tensor]:
     """Deterministic members that differ only by a constant added to the output bias."""
     torch.manual_seed(1)
-    m = EnsembleDynamics(2, 1, num_members=len(offsets), num_elites=2, hidden=(8,), model_type="deterministic", weight_decays=(0.0, 0.0),
+    m = EnsembleDynamics(2, 1, num_members=len(offsets), num_elites=2, hidden=(8,), model_type="deterministic",
+                         weight_decays=(0.0, 0.0),
                          standardize_targets=False)
     with torch.no_grad():
         m.net.linears[-1].bias.zero_()
@@ -139,7 +140,8 @@ def test_fit_learns_a_simple_dynamics_and_restores_the_best_snapshot() -> None:
     s, a = torch.randn(1500, 3), torch.rand(1500, 1) * 2 - 1
     ns, r = s + 0.1 * torch.tanh(s) + 0.2 * a, s[:, 0] - a[:, 0] ** 2
     for kind in ("gaussian", "deterministic"):
-        m = EnsembleDynamics(3, 1, num_members=3 if kind == "gaussian" else 1, num_elites=2 if kind == "gaussian" else 1,
+        ens = kind == "gaussian"
+        m = EnsembleDynamics(3, 1, num_members=3 if ens else 1, num_elites=2 if ens else 1,
                              hidden=(64, 64), model_type=kind, weight_decays=(2.5e-5, 5e-5, 1e-4))
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         inputs, targets = torch.cat([s, a], -1), m.targets_of(s, r, ns)

@@ -57,7 +57,8 @@ def rollout_length(epoch: int, schedule: tuple[int, int, int, int]) -> int:
     return int(min((epoch - e0) / (e1 - e0), 1.0) * (k1 - k0) + k0)
 
 
-def model_buffer_capacity(k: int, rollout_batch_size: int, epoch_length: int, train_freq: int, retain_epochs: int) -> int:
+def model_buffer_capacity(k: int, rollout_batch_size: int, epoch_length: int, train_freq: int,
+                          retain_epochs: int) -> int:
     """Model transitions kept: ``retain_epochs`` epochs of rollouts of length ``k``."""
     return int(retain_epochs) * int(k * rollout_batch_size * epoch_length / train_freq)
 
@@ -236,7 +237,8 @@ class MBPOLearner(SACLearner):
 
     @torch.no_grad()
     def rollout(self, real_buffer: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        """``rollout_batch_size`` model rollouts of length ``rollout_k`` from real start states into the model buffer."""
+        """``rollout_batch_size`` model rollouts of length ``rollout_k`` from real start states into the model
+        buffer."""
         assert self.model_buffer is not None
         n0 = self.config.rollout_batch_size
         obs = real_buffer.sample(n0, generator).observations

@@ -98,7 +98,8 @@ def termination_fn(name: str, env_id: str | None = None, env_kwargs: dict[str, A
     if base not in _BY_ENV or version != "v5":
         raise ValueError(
             f"{option}=auto: no termination function for env.id={env_id} (known: Gymnasium v5 "
-            f"{', '.join(sorted(_BY_ENV))}, Pendulum-v1 and dm_control/*); set {option} to one of {', '.join(sorted(TERMINATIONS))}"
+            f"{', '.join(sorted(_BY_ENV))}, Pendulum-v1 and dm_control/*); set {option} to one of "
+            f"{', '.join(sorted(TERMINATIONS))}"
         )
     fn_name, range_keys, n_pos = _BY_ENV[base]
     if not kwargs.get("terminate_when_unhealthy", True):

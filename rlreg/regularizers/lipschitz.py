@@ -12,7 +12,8 @@ provides it, ``requires = {"state_std"}``) and the action held fixed. The inner 
 sign-gradient ascent (PGD; K = 1 is FGSM from a random start):
 
     delta_0 ~ U(-eps sigma_s, eps sigma_s)
-    delta_{k+1} = clip( delta_k + eta sigma_s * sign(grad_delta (Q_j(s + delta_k, a) - sg[Q_j(s, a)])^2), +-eps sigma_s )
+    delta_{k+1} = clip( delta_k + eta sigma_s * sign(grad_delta (Q_j(s + delta_k, a) - sg[Q_j(s, a)])^2),
+                        +-eps sigma_s )
     eta = 2.5 eps / K (``step_size`` overrides)
 
 Each critic member j gets its own perturbation (one batched pass through the ensemble). ``delta`` is
