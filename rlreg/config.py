@@ -69,7 +69,8 @@ class AgentConfig:
 class EnvConfig:
     """A Gymnasium environment: evaluation env of a dataset, or the training env of an online run."""
 
-    id: str = "Hopper-v5"
+    # null in a dataset config (conf/dataset/minari.yaml): the env the Minari dataset records
+    id: str | None = "Hopper-v5"
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_episode_steps: int | None = None
     ref_min_score: float | None = None
@@ -78,7 +79,7 @@ class EnvConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where the offline data comes from and how it is pre-processed (offline.md 1.2, 7)."""
+    """Where the offline data comes from and how it is pre-processed (docs/datasets.md)."""
 
     name: str = "hopper-embedded"
     # "d4rl_hdf5" (a D4RL-layout file), "d4rl" (the d4rl package), "minari" (local Minari id),
@@ -118,7 +119,7 @@ class TrainerConfig:
     # online only
     warmup_steps: int = 5000
     # "uniform": uniform random actions during warm-up; "agent": the agent's own stochastic policy (e.g.
-    # DemoReg-SAC acting with the behaviour-cloned prior, online_mb.md 5.3). No updates either way.
+    # DemoReg-SAC acting with the behaviour-cloned prior, docs/agents/demoreg.md). No updates either way.
     warmup_policy: str = "uniform"
     utd_ratio: int = 1
     buffer_size: int = 1_000_000
@@ -295,6 +296,14 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
     dataset_raw = raw.pop("dataset", None)
     env_raw = raw.pop("env", None)
     dataset = from_dict(DatasetConfig, dataset_raw, "dataset") if dataset_raw else None
+    if dataset is not None:
+        from rlreg.data.errors import DatasetError
+        from rlreg.data.sources import configure_from_metadata
+
+        try:  # a Minari dataset's own env and reference scores fill what the config leaves null
+            dataset = configure_from_metadata(dataset)
+        except DatasetError as err:
+            raise ConfigError(str(err)) from None
     env = from_dict(EnvConfig, env_raw, "env") if env_raw else None
     raw.pop("tuned", None)
     scalars = {f.name for f in dataclasses.fields(RunConfig)} - {"agent", "trainer", "logging", "dataset", "env"}
@@ -328,6 +337,11 @@ def validate(run: RunConfig) -> None:
         )
     if t.keep_checkpoints < 1:
         raise ConfigError("trainer.keep_checkpoints must be >= 1")
+    if run.env is not None and run.env.id is None:
+        raise ConfigError("env.id: missing; set the Gymnasium id (e.g. env.id=Hopper-v5)")
+    if run.dataset is not None and run.dataset.env.id is None:
+        raise ConfigError(f"dataset.env.id: missing for dataset {run.dataset.name!r}; set its evaluation env "
+                          "(e.g. dataset.env.id=Hopper-v5)")
     if run.dataset is not None:
         _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg"), "dataset.source")
         _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")

@@ -52,7 +52,7 @@ def _register_dm_control() -> None:
 
 def make_env(config: EnvConfig) -> gym.Env:
     """Create the Gymnasium env of ``config``. ``dm_control/<domain>-<task>-v0`` ids (DeepMind Control via
-    shimmy, online_mb.md 1.3) get flattened float32 observations; their time limit (1000 steps) ends an
+    shimmy, docs/environments.md) get flattened float32 observations; their time limit (1000 steps) ends an
     episode as a truncation, never a termination."""
     if config.id.startswith("dm_control/"):
         _register_dm_control()

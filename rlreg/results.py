@@ -28,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 from hydra.experimental.callback import Callback
 
+from rlreg.names import display_name  # tables and legends name agents as people do (TD3+BC, PRDC+SPOT)
+
 MANIFEST = "rlreg_job.json"
 
 
@@ -331,7 +333,7 @@ def markdown(rows: Sequence[Row], records: Sequence[RunRecord], plots: Sequence[
     for r in rows:
         budget = "?" if r.budget is None else str(r.budget)
         lines.append(
-            f"| {r.agent} | {r.dataset} | {budget} | {len(r.seeds)} | {_fmt(*r.score)} | {_fmt(*r.ret)} "
+            f"| {display_name(r.agent)} | {r.dataset} | {budget} | {len(r.seeds)} | {_fmt(*r.score)} | {_fmt(*r.ret)} "
             f"| {r.incomplete} | {r.failed} |"
         )
     pending = [rec for rec in records if rec.status != "finished"]
@@ -414,9 +416,9 @@ def plot_curves(records: Sequence[RunRecord], out: Path) -> list[Path]:
             std = np.array([np.std(by_step[s]) for s in steps])
             unfinished = sum(r.status != "finished" for r in members)
             counts = f"{len(members) - unfinished} seeds" + (f" + {unfinished} unfinished" if unfinished else "")
-            label = f"{agent} ({counts})"
+            label = f"{display_name(agent)} ({counts})"
             if len(budgets_per_agent[agent]) > 1:
-                label = f"{agent}, {budget} steps ({counts})"
+                label = f"{display_name(agent)}, {budget} steps ({counts})"
             (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_title(dataset)
@@ -458,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
     parser.add_argument("--no-plots", action="store_true", help="skip the learning-curve PNGs")
+    parser.add_argument("--plot", action="store_true",
+                        help="also every metric's curves and the aggregate bar plot (python -m rlreg.plot) in --out")
     args = parser.parse_args(argv)
     try:
         result = summarize(args.paths, args.out, plots=not args.no_plots)
@@ -466,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(result["markdown"])
     print("[rlreg.results] wrote " + ", ".join(str(p) for p in result["files"]))
+    if args.plot:
+        from rlreg.plot import plot
+
+        print("[rlreg.results] wrote " + ", ".join(str(p) for p in plot(args.paths, args.out)))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Robustness evaluation under observation attacks, for any trained agent (offline.md 6.6).
+"""Robustness evaluation under observation attacks, for any trained agent (docs/robustness.md).
 
     python -m rlreg.robustness <run_dir> [<run_dir> ...] --eps 0 0.05 0.1 0.15 0.2 \\
         --attack random action_diff min_Q [--episodes 10] [--attacker-run <run_dir>] [--summary <dir>]

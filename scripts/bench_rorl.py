@@ -12,7 +12,7 @@ shared machine affects all alike), and the figure of merit is this process's CPU
 sys; with one thread, the compute it took). If the CPU-time ratio is well above the FLOP ratio the extra
 work is overhead (small kernels, allocator churn), which the ``sys`` column (kernel CPU time, e.g. page
 faults of freshly mapped memory) helps to tell apart. The "share of CPU limit" compares with the 256^3
-matmul rate per CPU second measured at start-up. Reference (official_speed.md): the official
+matmul rate per CPU second measured at start-up. Reference (docs/speed.md): the official
 RORL costs 93.9 GFLOP per update, 18x its SAC-10 core, and spends ~40% of its CPU time in the kernel.
 """
 
@@ -149,7 +149,7 @@ def main() -> None:
         print(f"| {name} | {tot['n']} | {1e3 * cpu:.1f} | {1e3 * tot['wall'] / tot['n']:.1f} | {gflop:.2f} | "
               f"{100 * gflop / peak / cpu:.0f}% | {100 * tot['sys'] / tot['cpu']:.0f}% | "
               f"{cpu / base_cpu:.1f} | {flops[name] / flops['sac10']:.1f} |", flush=True)
-    print("\nofficial RORL (official_speed.md): 93.9 GFLOP/update = 18x its SAC-10 core, 35% of the CPU limit")
+    print("\nofficial RORL (docs/speed.md): 93.9 GFLOP/update = 18x its SAC-10 core, 35% of the CPU limit")
 
 
 if __name__ == "__main__":

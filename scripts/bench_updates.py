@@ -4,7 +4,7 @@
     python scripts/bench_updates.py --agents td3bc sacn --devices cpu --seconds 20
 
 Sampling from the device-resident buffer is included in the timing, as in
-``shared/reference/official_speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
+``docs/speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
 with this machine's float32 matmul rate (a 256x256x256 matmul loop), giving the share of the CPU limit.
 """
 

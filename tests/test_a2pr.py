@@ -1,4 +1,4 @@
-"""A2PR (offline.md 3): BC target/gate with ties, value and VAE losses in the official order, the actor term and
+"""A2PR (docs/agents/a2pr.md): BC target/gate with ties, value and VAE losses in the official order, the actor term and
 its gradients, configs, exact resume and learning on the toy PointGoal task (defined in test_spot.py)."""
 
 from __future__ import annotations

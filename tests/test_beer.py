@@ -1,4 +1,4 @@
-"""BEER (online_mb.md 3): the adaptive bound and the penalty against hand computations, the DDPG setting,
+"""BEER (docs/agents/beer.md): the adaptive bound and the penalty against hand computations, the DDPG setting,
 exact resume (Gymnasium and DeepMind Control), learning on Pendulum-v1."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def test_sacn_uses_paper_setting(tmp_path: Path) -> None:
     assert lc.num_critics == 10 and lc.init == "sacn" and run.trainer.total_steps == 3_000_000
     assert run.dataset is not None and run.dataset.normalize_states is False
     hopper = run_config(["agent=sacn", "dataset=hopper-medium-v2"], tmp_path)
-    assert hopper.agent.learner_config.num_critics == 500  # CORL per-dataset N (offline.md 2.2)
+    assert hopper.agent.learner_config.num_critics == 500  # CORL per-dataset N (docs/agents/sacn.md)
 
 
 def test_regularizers_stack_from_the_command_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""DemoReg-SAC (online_mb.md 5.3, rlreg's design): the closed-form KL against a Monte-Carlo estimate through
+"""DemoReg-SAC (docs/agents/demoreg.md, rlreg's design): the closed-form KL against a Monte-Carlo estimate through
 the tanh map, the BC prior's loss and std floor, SAC's losses with lambda * KL in place of the entropy,
 both lambda modes, demonstrations from a dataset and from a policy, exact resume through the behaviour-cloning
 phase, learning on Pendulum-v1 from 5 demonstrations of a scripted expert."""

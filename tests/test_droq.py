@@ -1,4 +1,4 @@
-"""DroQ (online_mb.md 2): dropout Q-functions with dropout on in the target, the mean-Q actor, UTD 20 with one
+"""DroQ (docs/agents/droq.md): dropout Q-functions with dropout on in the target, the mean-Q actor, UTD 20 with one
 actor update per env step, exact resume, learning on Pendulum-v1."""
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_sac_family_agents_initialise_like_their_official_code(
 
     lc = run_config([f"agent={agent}", "dataset=halfcheetah-medium-v2"], tmp_path).agent.learner_config
     torch.manual_seed(0)
-    learner = SACLearner(17, 6, lc)
+    learner = SACLearner(SetupContext.box(17, 6), lc)
     critic_dims, actor_dims = [17 + 6, *lc.critic_hidden], [17, *lc.actor_hidden]
     actor_lins = [m for m in learner.actor.trunk if isinstance(m, torch.nn.Linear)]
     for lins, dims, fan in ((list(learner.critic.net.linears)[:-1], critic_dims, critic_fan),

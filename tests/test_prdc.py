@@ -1,4 +1,4 @@
-"""PRDC (offline.md 4): the dataset-constraint term on tiny tensors, the beta limits, the term inside a TD3
+"""PRDC (docs/agents/prdc.md): the dataset-constraint term on tiny tensors, the beta limits, the term inside a TD3
 update, identical training on both search paths, configs, exact resume and learning on the point task
 (the toy task of test_spot.py: random data score about -25, going straight to the goal about -3)."""
 

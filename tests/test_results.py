@@ -100,8 +100,9 @@ def test_table_rows_over_seeds(runs: Path, tmp_path: Path) -> None:
     assert float(sac["return_std"]) == pytest.approx(200.0)
 
     md = (out / "results.md").read_text()
-    assert "| td3bc-bc | hopper-medium-v2 | 1000 | 3 | 60.0 ± 8.2 | 600.0 ± 81.6 | 1 | 0 |" in md
-    assert "| sac | Hopper-v5 | 2000 | 2 | n/a | 1400.0 ± 200.0 | 0 | 0 |" in md
+    # agents named as people write them (td3bc-bc is TD3+BC)
+    assert "| TD3+BC | hopper-medium-v2 | 1000 | 3 | 60.0 ± 8.2 | 600.0 ± 81.6 | 1 | 0 |" in md
+    assert "| SAC | Hopper-v5 | 2000 | 2 | n/a | 1400.0 ± 200.0 | 0 | 0 |" in md
     # unfinished runs are listed with how far they got and why
     unfinished = md.split("## Runs not finished")[1]
     assert "td3bc-bc/hopper-medium-v2/seed3 | incomplete | 500/1000 | 30.0 |" in unfinished

@@ -1,4 +1,4 @@
-"""Observation attacks (offline.md 6.6): the eps box, the attacks' objectives, and the CLI on trained runs
+"""Observation attacks (docs/robustness.md): the eps box, the attacks' objectives, and the CLI on trained runs
 (offline and online) rebuilt from their run dirs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RORL (offline.md 6): each loss term against hand-computed values, the perturbation box, the lambda
+"""RORL (docs/agents/rorl.md): each loss term against hand-computed values, the perturbation box, the lambda
 schedule, the reused-buffer passes against autograd, configs, exact resume and learning."""
 
 from __future__ import annotations

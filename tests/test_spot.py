@@ -1,4 +1,4 @@
-"""SPOT (offline.md 5): density term, frozen VAE, VAE density ranking, divergence guard, fine-tuning schedule,
+"""SPOT (docs/agents/spot.md): density term, frozen VAE, VAE density ranking, divergence guard, fine-tuning schedule,
 exact resume (pre-training and RL), online fine-tuning from an offline checkpoint, learning on a toy task.
 
 The toy task used here and in test_a2pr.py: ``PointGoal-v0``, a 2-D point moved by ``0.1 * a`` (``a`` in

@@ -1,4 +1,4 @@
-"""Exact nearest-neighbour search over a fixed key matrix (PRDC's dataset constraint; offline.md 4.3, 4.9).
+"""Exact nearest-neighbour search over a fixed key matrix (PRDC's dataset constraint; docs/agents/prdc.md).
 
 What a query returns (both backends, by construction): rows are ordered by
 

@@ -148,3 +148,60 @@ def create_minari_dataset(
         if extra:
             ds.storage.update_metadata(extra)
     return ds
+
+
+def read_minari_metadata(dataset_id: str, data_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``metadata.json`` of a local Minari dataset, read without opening its episodes."""
+    minari = _import_minari()  # noqa: F841  (a clear error when minari is missing)
+    import json
+    from pathlib import Path
+
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    with _datasets_path(data_path):
+        where = Path(get_dataset_path(dataset_id))
+    path = where / "data" / "metadata.json"
+    if not path.exists():
+        raise DatasetError(
+            f"Minari dataset {dataset_id!r} not found locally: no {path}. Remote download is disabled; create it "
+            f"(minari.DataCollector, python -m rlreg.datasets) or download it elsewhere (`minari download {dataset_id}`) "
+            "and point dataset.path / $MINARI_DATASETS_PATH at its root."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return meta
+
+
+def installed_env_id(env_id: str) -> str | None:
+    """``env_id`` if Gymnasium has it registered; else the newest registered version of the same env (a dataset
+    recorded in ``Hopper-v4`` evaluates in ``Hopper-v5`` when only that is installed); None when no version is."""
+    from gymnasium.envs.registration import parse_env_id, registry
+
+    if env_id in registry:
+        return env_id
+    try:
+        ns, name, _ = parse_env_id(env_id)
+    except Exception:  # not a Gymnasium-style id
+        return None
+    versions = [(spec.version, key) for key, spec in registry.items()
+                if spec.namespace == ns and spec.name == name and spec.version is not None]
+    return max(versions)[1] if versions else None
+
+
+def minari_env_spec(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation env a Minari dataset records: ``eval_env_spec`` when present, else ``env_spec`` (the env
+    the data was collected in), as a dict with ``id``, ``kwargs`` and ``max_episode_steps``; None when neither."""
+    import json
+
+    for key in ("eval_env_spec", "env_spec"):
+        raw = meta.get(key)
+        if not raw:
+            continue
+        spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if isinstance(spec, dict) and spec.get("id"):
+            return spec
+    return None

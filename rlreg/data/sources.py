@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from rlreg.config import DatasetConfig
 from rlreg.data.d4rl import load_d4rl, load_d4rl_package, write_d4rl_hdf5
 from rlreg.data.dataset import TransitionDataset
 from rlreg.data.errors import DatasetError
-from rlreg.data.minari_io import load_minari
+from rlreg.data.minari_io import installed_env_id, load_minari, minari_env_spec, read_minari_metadata
 
 
 def cache_dir() -> Path:
@@ -39,6 +41,52 @@ def load_dataset(config: DatasetConfig) -> TransitionDataset:
     raise DatasetError(
         f"dataset.source={config.source!r} is unknown; use d4rl_hdf5, d4rl, minari, embedded or rlreg"
     )
+
+
+def configure_from_metadata(config: DatasetConfig) -> DatasetConfig:
+    """Fill what a Minari dataset (``source: minari`` or ``rlreg``) records and the config leaves unset
+    (``None``): the evaluation env ``dataset.env.id`` (from the dataset's ``eval_env_spec`` or ``env_spec``,
+    mapped to an installed Gymnasium id, with its kwargs and time limit) and D4RL-style reference returns
+    ``dataset.env.ref_min_score`` / ``ref_max_score``. Values the user set always win. A dataset without an env
+    raises :class:`DatasetError` naming the option to set; one without reference scores warns (returns are
+    reported, the normalized score is n/a)."""
+    env = config.env
+    if config.source not in ("minari", "rlreg") or None not in (env.id, env.ref_min_score, env.ref_max_score):
+        return config
+    ds_id = config.id or config.name
+    meta = read_minari_metadata(ds_id, config.path)
+    updates: dict = {}
+    if env.id is None:
+        spec = minari_env_spec(meta)
+        if spec is None:
+            raise DatasetError(
+                f"Minari dataset {ds_id!r} records no environment (no env_spec or eval_env_spec in its metadata): "
+                "set the evaluation env with dataset.env.id=<Gymnasium id> (e.g. dataset.env.id=Hopper-v5)"
+            )
+        gym_id = installed_env_id(str(spec["id"]))
+        if gym_id is None:
+            raise DatasetError(
+                f"Minari dataset {ds_id!r} was recorded in {spec['id']!r}, which no installed Gymnasium package "
+                "registers (MuJoCo envs need gymnasium[mujoco]): install it or set dataset.env.id=<Gymnasium id>"
+            )
+        updates["id"] = gym_id
+        if gym_id == spec["id"]:  # kwargs of another version may not apply
+            if not env.kwargs and isinstance(spec.get("kwargs"), dict):
+                updates["kwargs"] = {k: v for k, v in spec["kwargs"].items() if k != "render_mode"}
+            if env.max_episode_steps is None and spec.get("max_episode_steps") is not None:
+                updates["max_episode_steps"] = int(spec["max_episode_steps"])
+    for key in ("ref_min_score", "ref_max_score"):
+        if getattr(env, key) is None and meta.get(key) is not None:
+            updates[key] = float(meta[key])
+    env = dataclasses.replace(env, **updates)
+    if env.ref_min_score is None or env.ref_max_score is None:
+        warnings.warn(
+            f"Minari dataset {ds_id!r} has no ref_min_score/ref_max_score in its metadata: evaluations report the "
+            "return and no normalized score; set dataset.env.ref_min_score and dataset.env.ref_max_score to "
+            "normalize",
+            stacklevel=2,
+        )
+    return dataclasses.replace(config, env=env)
 
 
 def embedded_path(config: DatasetConfig, policy_sha: str) -> Path:

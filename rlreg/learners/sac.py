@@ -1,5 +1,5 @@
 """SAC with an N-critic ensemble and learned temperature (Haarnoja et al. 2018; SAC-N, An et al. 2021;
-offline.md 2.2). N=2 is SAC; N>2 is SAC-N.
+docs/agents/sacn.md). N=2 is SAC; N>2 is SAC-N.
 
     L_alpha = -mean( log_alpha * (log pi(a~|s) + H_target) )
     L_pi    = mean( alpha * log pi(a~|s) - Q_reduce(s, a~) ),     a~ ~ pi(.|s) reparameterised
@@ -13,11 +13,11 @@ softlearning; CORL SAC-N/EDAC step the actor first, which over a run is the same
 half a step); ``"simultaneous"``: the actor loss sees the critic parameters from the start of the step
 (RORL, rlkit), so all losses come from the same parameters.
 
-``policy_freq=k`` updates the actor and alpha on every k-th update only (DroQ, online_mb.md 2.3-2.4: with
+``policy_freq=k`` updates the actor and alpha on every k-th update only (DroQ, docs/agents/droq.md: with
 ``trainer.utd_ratio=20`` and ``policy_freq=20``, 20 critic updates and one actor update per env step).
 
 A regularizer that ``requires`` ``"policy_prior"`` is a :class:`PolicyPrior`: the learner then replaces the
-entropy bonus by a divergence to that prior policy (DemoReg-SAC, online_mb.md 5.3; pre-tanh Gaussians, so the KL of
+entropy bonus by a divergence to that prior policy (DemoReg-SAC, docs/agents/demoreg.md; pre-tanh Gaussians, so the KL of
 the tanh-squashed policies equals the Gaussian KL):
 
     L_pi = mean( lambda * KL(pi(.|s) || pi_0(.|s)) - Q_reduce(s, a~) )
@@ -65,7 +65,7 @@ class SACConfig:
     learn_alpha: bool = True
     target_entropy: float | None = None  # None: -|A|
     log_std_bounds: tuple[float, float] = (-5.0, 2.0)
-    # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": D-REDQ/DroQ
+    # "sacn": CORL/RORL initialisation (hidden bias 0.1, small heads); "xavier": DroQ's REDQ code/DroQ
     init: Literal["pytorch", "sacn", "xavier"] = "pytorch"
     # With init=sacn, whose hidden weights each net gets (rlreg/nets EnsembleCritic / TanhGaussianActor):
     # "corl" (SAC-N/EDAC: critic U(+-1/sqrt(out)), actor U(+-1/sqrt(in))) or "rlkit" (RORL: the reverse).

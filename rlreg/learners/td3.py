@@ -1,4 +1,4 @@
-"""TD3 learner (Fujimoto et al. 2018; offline.md 1.4): twin critics, target policy smoothing, delayed
+"""TD3 learner (Fujimoto et al. 2018; docs/agents/td3bc.md): twin critics, target policy smoothing, delayed
 actor and target updates. ``num_critics=1, target_noise=0, policy_freq=1`` is DDPG (BEER's setting).
 
     a' = clip(pi'(s') + clip(eps, -c, c), -A, A),   eps ~ N(0, sigma^2)

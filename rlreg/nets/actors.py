@@ -25,10 +25,10 @@ def _xavier_(net: nn.Module) -> None:
 
 
 class DeterministicActor(nn.Module):
-    """``s -> hidden (ReLU) -> |A| -> tanh * max_action`` (TD3+BC offline.md 2.1, A2PR 3.2 with
-    ``hidden=(256,256,256)``, BEER online_mb.md 3.2).
+    """``s -> hidden (ReLU) -> |A| -> tanh * max_action`` (TD3+BC docs/agents/td3bc.md, A2PR with
+    ``hidden=(256,256,256)``, BEER docs/agents/beer.md).
 
-    ``dropout > 0``: SPOT block ``Linear -> Dropout -> ReLU`` (offline.md 5.3); dropout follows
+    ``dropout > 0``: SPOT block ``Linear -> Dropout -> ReLU`` (docs/agents/spot.md); dropout follows
     ``train()``/``eval()``.  ``last_layer_init=w``: output weight and bias ``U(-w, w)`` (SPOT AntMaze
     1e-3).  PyTorch default init otherwise.
     """
@@ -57,8 +57,8 @@ class DeterministicActor(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """Tanh-squashed diagonal Gaussian policy (SAC-N/EDAC offline.md 2.2, RORL 6.2, DroQ
-    online_mb.md 2.2, DemoReg-SAC 5.3, MBPO 6.2).
+    """Tanh-squashed diagonal Gaussian policy (SAC-N/EDAC docs/agents/edac.md, RORL, DroQ
+    docs/agents/droq.md, DemoReg-SAC, MBPO).
 
     Trunk ``s -> hidden (ReLU)``, then two separate linear heads (mean, log_std); ``log_std`` is
     clamped to ``log_std_bounds`` (``[-5, 2]`` CORL/RORL, ``[-20, 2]`` DroQ).
@@ -68,7 +68,7 @@ class TanhGaussianActor(nn.Module):
     tinkoff-ai/CORL @ 6afec90); ``"rlkit"``: the same except every hidden weight, the first included, is
     ``U(+-1/sqrt(out))`` (rlkit ``fanin_init`` applied to an ``(out, in)`` ``nn.Linear`` weight: RORL's
     ``TanhGaussianPolicy``/``Mlp``, YangRui2015/RORL @ c604043); ``"xavier"``: xavier uniform weights, zero
-    biases (D-REDQ).
+    biases (DroQ's REDQ code).
 
     Log-prob of ``a = max_action * tanh(u)``: ``Normal(mean, std).log_prob(u).sum(-1) -
     sum(log(max_action * (1 - tanh(u)^2) + 1e-6))`` (CORL/EDAC ``+1e-6`` form, default) or, with

@@ -20,17 +20,17 @@ class EnsembleCritic(nn.Module):
 
     ``init``:
       * ``"pytorch"`` - ``nn.Linear`` default per member (TD3+BC / SPOT / A2PR / PRDC / BEER,
-        offline.md 1.4, 2.1, 3.2, 5.3; online_mb.md 3.2).
+        docs/agents/td3bc.md; docs/agents/beer.md).
       * ``"corl"`` - CORL's SAC-N/EDAC critic (tinkoff-ai/CORL @ 6afec90, ``VectorizedCritic``): hidden
         weights ``U(-1/sqrt(out), 1/sqrt(out))`` (its ``VectorizedLinear`` quirk, see
         :func:`~rlreg.nets.layers.init_weight_fan_out_`; the first layer ``[s, a] -> 256`` is ``U(+-1/16)``),
         hidden biases 0.1, output layer weight and bias ``U(-3e-3, 3e-3)``.
       * ``"rlkit"`` - RORL's critic (YangRui2015/RORL @ c604043, ``ParallelizedEnsembleFlattenMLP``): the same
         except hidden weights ``U(-1/sqrt(in), 1/sqrt(in))`` (rlkit ``fanin_init`` on an ``(in, out)`` weight).
-      * ``"xavier"`` - ``xavier_uniform(gain=1)`` weights, zero biases (D-REDQ DroQ, online_mb.md 2.2).
+      * ``"xavier"`` - ``xavier_uniform(gain=1)`` weights, zero biases (DroQ's REDQ code, docs/agents/droq.md).
     ``last_layer_init=w`` additionally re-draws the output layer ``U(-w, w)`` (SPOT AntMaze 3e-3,
-    offline.md 5.3).  ``layer_norm``/``dropout`` follow the DroQ block order (online_mb.md 2.2);
-    ``spectral_norm`` (bool / ``"all"`` / ``"hidden"``) per online_mb.md 6.3.
+    docs/agents/spot.md).  ``layer_norm``/``dropout`` follow the DroQ block order (docs/agents/droq.md);
+    ``spectral_norm`` (bool / ``"all"`` / ``"hidden"``) per docs/agents/mbpo_lipschitz.md.
     ``obs_normalizer`` is applied to ``obs`` before concatenation (RORL ``--norm_input``, 6.2).
     """
 
@@ -101,6 +101,6 @@ class EnsembleCritic(nn.Module):
 
     def q_and_features(self, obs: Tensor, action: Tensor, members: int | slice | None = None) -> tuple[Tensor, Tensor]:
         """``(Q (E, B), phi (E, B, H))`` with ``phi`` the last post-activation hidden layer
-        (BEER's feature map, online_mb.md 3.2)."""
+        (BEER's feature map, docs/agents/beer.md)."""
         q, phi = self.net(self._inputs(obs, action), members, return_features=True)
         return q.squeeze(-1), phi

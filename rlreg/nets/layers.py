@@ -1,12 +1,12 @@
 """Building blocks shared by every rlreg network.
 
 * :func:`mlp` - plain ``nn.Sequential`` MLP (DroQ block order Linear -> Dropout -> LayerNorm -> act,
-  online_mb.md 2.2; SPOT actor Linear -> Dropout -> ReLU, offline.md 5.3).
+  docs/agents/droq.md; SPOT actor Linear -> Dropout -> ReLU, docs/agents/spot.md).
 * :class:`EnsembleLinear` / :class:`EnsembleMLP` - E independent MLPs evaluated with one
-  ``baddbmm`` per layer (vectorised critics of SAC-N / EDAC / RORL, offline.md 2.2 and 6.2).
+  ``baddbmm`` per layer (vectorised critics of SAC-N / EDAC / RORL, docs/agents/edac.md).
 * :func:`polyak_update_` - fused target-network update.
 * :class:`ObsNormalizer` / :class:`RunningNormalizer` - in-network state normalisation (RORL
-  ``--norm_input``, offline.md 6.2).
+  ``--norm_input``, docs/agents/rorl.md).
 """
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def mlp(
     """Plain MLP ``in -> hidden... -> out``.
 
     Hidden block order: ``Linear -> Dropout(p) (p > 0) -> LayerNorm (if on) -> activation`` (DroQ,
-    online_mb.md 2.2; with LayerNorm off this is SPOT's actor block, offline.md 5.3).
+    docs/agents/droq.md; with LayerNorm off this is SPOT's actor block, docs/agents/spot.md).
     ``spectral_norm=True`` wraps every Linear (output layer included) in
     ``torch.nn.utils.parametrizations.spectral_norm`` (one power iteration per training forward,
-    online_mb.md 6.3).  PyTorch default initialisation.
+    docs/agents/mbpo_lipschitz.md).  PyTorch default initialisation.
     """
     layers: list[nn.Module] = []
     d = in_dim
@@ -219,7 +219,7 @@ class EnsembleMLP(nn.Module):
     Hidden block: ``EnsembleLinear -> Dropout(p) -> EnsembleLayerNorm -> activation`` (same order as
     :func:`mlp`).  Dropout masks are drawn independently per member and element.
     ``spectral_norm``: ``True``/``"all"`` = every layer, ``"hidden"`` = all but the output layer
-    (online_mb.md 6.3 ``sn_layers`` switch), ``False`` = none.
+    (docs/agents/mbpo_lipschitz.md ``sn_layers`` switch), ``False`` = none.
     """
 
     def __init__(
@@ -261,7 +261,7 @@ class EnsembleMLP(nn.Module):
 
         ``members`` restricts evaluation to one member (int) or a slice (e.g. TD3's Q1 only).
         ``return_features=True`` returns ``(out, phi)`` with ``phi`` the last hidden activation
-        ``(E, B, H)`` (BEER's feature map, online_mb.md 3.2).
+        ``(E, B, H)`` (BEER's feature map, docs/agents/beer.md).
         """
         h = x
         n_hidden = len(self.hidden)
@@ -340,7 +340,7 @@ def hard_update_(target: Iterable[Tensor], online: Iterable[Tensor]) -> None:
 
 def init_last_layer_uniform_(layer: nn.Module, bound: float) -> nn.Module:
     """``U(-bound, bound)`` on weight and bias (CORL SAC-N/EDAC 3e-3 critic, 1e-3 actor heads,
-    offline.md 2.2/6.2; SPOT AntMaze ``init_w``, offline.md 5.3).  Works for ``nn.Linear`` and
+    docs/agents/sacn.md; SPOT AntMaze ``init_w``, docs/agents/spot.md).  Works for ``nn.Linear`` and
     :class:`EnsembleLinear`."""
     with torch.no_grad():
         layer.weight.uniform_(-bound, bound)
@@ -365,7 +365,7 @@ def init_weight_fan_out_(layer: nn.Module) -> nn.Module:
 
 
 def init_bias_(layer: nn.Module, value: float) -> nn.Module:
-    """Fill the bias with a constant (rlkit / CORL hidden bias 0.1, offline.md 2.2/6.2)."""
+    """Fill the bias with a constant (rlkit / CORL hidden bias 0.1, docs/agents/sacn.md)."""
     with torch.no_grad():
         if getattr(layer, "bias", None) is not None:
             layer.bias.fill_(value)
@@ -378,7 +378,7 @@ def init_bias_(layer: nn.Module, value: float) -> nn.Module:
 class ObsNormalizer(nn.Module):
     """``forward(x) = (x - mean) / std`` with float32 buffers; identity while ``mean``/``std`` are None.
 
-    RORL normalises inside both networks with ``(s - mu_D) / (sd_D + 1e-6)`` (offline.md 6.2): the
+    RORL normalises inside both networks with ``(s - mu_D) / (sd_D + 1e-6)`` (docs/agents/rorl.md): the
     caller passes ``std = sd + 1e-6``.  Buffers travel with ``state_dict``/``deepcopy``.
     """
 

@@ -1,4 +1,4 @@
-"""Conditional VAE behaviour model shared by SPOT (offline.md 5.2-5.3) and A2PR (offline.md 3.2)."""
+"""Conditional VAE behaviour model shared by SPOT (docs/agents/spot.md) and A2PR (docs/agents/a2pr.md)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,7 +10,7 @@ __all__ = ["ConditionalVAE"]
 
 
 class ConditionalVAE(nn.Module):
-    """``q(z|s,a)`` / ``p(a|s,z)`` with PyTorch default init (offline.md 3.2 / 5.2).
+    """``q(z|s,a)`` / ``p(a|s,z)`` with PyTorch default init (docs/agents/a2pr.md, docs/agents/spot.md).
 
     Encoder ``[s, a] -> 750 ReLU -> 750 ReLU -> (mean, log_std)`` heads of size ``latent_dim``
     (default ``2 |A|``), ``log_std`` clamped to ``log_std_bounds`` (``[-4, 15]``).  Decoder
@@ -90,11 +90,11 @@ class ConditionalVAE(nn.Module):
 
     def negative_elbo(self, obs: Tensor, action: Tensor, kl_weight: float = 0.5,
                       generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample ``recon + kl_weight * kl`` ``(B,)`` - SPOT's ``-log density`` surrogate (offline.md 5.3)."""
+        """Per-sample ``recon + kl_weight * kl`` ``(B,)`` - SPOT's ``-log density`` surrogate (docs/agents/spot.md)."""
         rec, kl = self.elbo_terms(obs, action, generator)
         return rec + kl_weight * kl
 
     def loss(self, obs: Tensor, action: Tensor, kl_weight: float = 0.5,
              generator: torch.Generator | None = None) -> Tensor:
-        """Scalar training loss ``mean recon + kl_weight * mean KL`` (SPOT ``train_vae`` / A2PR, offline.md 5.2)."""
+        """Scalar training loss ``mean recon + kl_weight * mean KL`` (SPOT ``train_vae`` / A2PR, docs/agents/spot.md)."""
         return self.negative_elbo(obs, action, kl_weight, generator).mean()

@@ -1,10 +1,10 @@
 """A2PR: Adaptive Advantage-Guided Policy Regularization (Liu et al., ICML 2024; ltlhuuu/A2PR @ f92a2a4;
-offline.md 3).
+docs/agents/a2pr.md).
 
 TD3+BC whose behaviour-cloning target is chosen per sample by advantage. A state-value net ``V`` and a
 conditional VAE (the "augmented behaviour policy", trained from scratch alongside the RL losses) are updated
 right after the learner's critic step; the actor term uses ``v = V(s)`` from *before* the value step
-(offline.md 3.4):
+(docs/agents/a2pr.md):
 
     2. value:  y_cur = r + gamma (1 - d) min_i Q_i(s', a')      (just-updated critic, the critic's own a')
                L_V   = mean_B (V(s) - min(y_cur, y_tgt))^2
@@ -28,7 +28,7 @@ Deviations from the official code (and why), none of which changes an update:
   official code evaluates it twice with the same critic parameters); ``Q1(s, a_gen)`` and ``Q1(s, a)`` in the
   actor step are computed without autograd (they only enter comparisons).
 * The actor step builds no graph for VAE weights (``requires_grad`` is switched off around that forward), and
-  the unused ``V(s')`` forward of the official code is dropped (official_speed.md).
+  the unused ``V(s')`` forward of the official code is dropped (docs/speed.md).
 * Dead code is not ported: ``Value.loss`` (expectile), ``compute_advantage``, ``add_data``.
 """
 

@@ -40,7 +40,7 @@ class CriticContext:
     step: int
     next_action: Tensor | None = None  # (B, A) the next action a' the TD target used (TD3: smoothed target action)
     # learner-specific tensors, e.g. TD3 with ``critic_features`` on: ``features`` phi(s, a) (E, B, H) with
-    # gradient and ``next_target_features`` phi'(s', a') (E, B, H) of the target critic (BEER, online_mb.md 3.4)
+    # gradient and ``next_target_features`` phi'(s', a') (E, B, H) of the target critic (BEER, docs/agents/beer.md)
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -133,7 +133,7 @@ class Regularizer:
 
     def start_finetune(self) -> None:
         """Called once by the fine-tuning trainer when online fine-tuning from an offline checkpoint
-        begins (e.g. SPOT switches to its annealed lambda, offline.md 5.6)."""
+        begins (e.g. SPOT switches to its annealed lambda, docs/agents/spot.md)."""
         return None
 
     # -- checkpointing ---------------------------------------------------------------------------

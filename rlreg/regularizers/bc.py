@@ -1,4 +1,4 @@
-"""Behaviour cloning towards the dataset action (TD3+BC, Fujimoto & Gu 2021; offline.md 2.1).
+"""Behaviour cloning towards the dataset action (TD3+BC, Fujimoto & Gu 2021; docs/agents/td3bc.md).
 
     pi = argmax_pi  E_(s,a)~D [ lambda * Q(s, pi(s)) - (pi(s) - a)^2 ],  lambda = alpha / mean|Q(s, pi(s))|
 

@@ -1,5 +1,5 @@
 """BEER: BEllman Equation-based automatic rank Regularizer (He, Zhou, Fang, Maghsudi, ICLR 2024, "Adaptive
-Regularization of Representation Rank as an Implicit Constraint of Bellman Equation"; online_mb.md 3).
+Regularization of Representation Rank as an Implicit Constraint of Bellman Equation"; docs/agents/beer.md).
 
 Write the critic as ``Q(s, a) = w^T phi(s, a)`` with ``phi`` the last hidden (post-ReLU) layer. If Q satisfies
 the Bellman equation, ``r = w^T (phi - gamma phi')`` and Cauchy-Schwarz bounds the similarity of consecutive
@@ -13,7 +13,7 @@ representations. As the official code (sweetice/BEER-ICLR2024 ``BEER.py``) compu
     phi_bar' = phi(s', mu_bar(s'); theta_bar)     target critic at the TD target's next action (no gradient)
     phi+     = phi(s', mu(s'); theta)             online critic at the online actor's next action (no gradient)
 
-Options (online_mb.md 3.8):
+Options (docs/agents/beer.md):
 
 * ``bound_next_feature="target"`` uses ``phi_bar'`` instead of ``phi+`` in the numerator: the paper's
   target-only form (pitfall 1). ``"online"`` (default) is the official code.

@@ -1,4 +1,4 @@
-"""Demonstration-regularized SAC ("DemoReg-SAC"): rlreg's practical design (online_mb.md 5.3) of
+"""Demonstration-regularized SAC ("DemoReg-SAC"): rlreg's practical design (docs/agents/demoreg.md) of
 Demonstration-Regularized RL (Tiapkin et al., ICLR 2024). The paper is theory only (tabular / linear MDPs,
 no experiments, no code); the deep-RL instantiation below is OUR design, labelled as such.
 
@@ -24,7 +24,7 @@ Gaussians through the same bijection, so the KL equals the closed-form Gaussian 
 ``L(log lambda) = lambda * (delta - KL).detach()`` with ``delta = target_kl`` (default ``0.5 |A|`` nats), so
 lambda grows while the KL exceeds delta.
 
-Demonstrations (online_mb.md 5.3 phase 0): ``source="policy"`` rolls out ``num_episodes`` episodes of a
+Demonstrations (docs/agents/demoreg.md): ``source="policy"`` rolls out ``num_episodes`` episodes of a
 shipped or saved policy (``rlreg.policies.load_policy``; deterministic ``tanh(mean)`` unless
 ``stochastic_expert``) in ``env`` (default: the run's env), one env per episode with seeds
 ``collect_seed + i``; ``source="dataset"`` takes ``num_episodes`` episodes of any dataset the loaders read

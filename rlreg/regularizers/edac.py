@@ -1,4 +1,4 @@
-"""EDAC ensemble-diversity term (An et al. 2021; CORL edac.py; offline.md 2.2).
+"""EDAC ensemble-diversity term (An et al. 2021; CORL edac.py; docs/agents/edac.md).
 
 For each sample, the normalised action-gradients of the N critics should point in different directions:
 

@@ -1,5 +1,5 @@
 """PRDC dataset constraint (Ran et al., "Policy Regularization with Dataset Constraint for Offline RL",
-ICML 2023; LAMDA-RL/PRDC @ 9f38464 ``prdc.py``; offline.md 4).
+ICML 2023; LAMDA-RL/PRDC @ 9f38464 ``prdc.py``; docs/agents/prdc.md).
 
 The policy is pulled towards the action of the dataset transition nearest to ``(beta s, pi(s))``:
 
@@ -7,7 +7,7 @@ The policy is pulled towards the action of the dataset transition nearest to ``(
     L_pi = -lambda * mean Q_1(s, pi(s)) + mean_{batch, dims} (pi(s) - a_hat)^2,  lambda = alpha / mean|Q_1| (sg)
 
 The first term is the TD3 learner's (``agent.q_norm_alpha = alpha``); this regularizer adds the second,
-``weight * mean (pi(s) - a_hat)^2``, with ``a_hat`` a constant (the search is not differentiable; offline.md 4.4).
+``weight * mean (pi(s) - a_hat)^2``, with ``a_hat`` a constant (the search is not differentiable; docs/agents/prdc.md).
 States in the keys are normalised exactly as the training batches (the buffer's ``observations``), actions
 are the raw dataset actions; the index over all N rows is built once, in ``bind``.
 
@@ -26,11 +26,11 @@ Deviations from the official code, and why:
   the answer (a wrong bound, e.g. online rows during fine-tuning, only costs a second search).
 * ``k``: as in the official ``KDTree.query(key, k=[k])`` the k-th nearest neighbour (not the k nearest)
   is the target; every shipped setting uses ``k = 1``.
-* ``beta`` defaults to 2.0 (README table, d3rlpy), not the official CLI default 1.0 (offline.md 4.8).
+* ``beta`` defaults to 2.0 (README table, d3rlpy), not the official CLI default 1.0 (docs/agents/prdc.md).
 * ``weight`` (official: fixed 1) exists so that the term can be scaled when stacked with other
   regularizers; the PRDC agent keeps 1.
 * The AntMaze reward shaping ``10000 r - 1`` is applied to rewards (``dataset.reward_transform=affine``),
-  as after the official fix 5c8aaf8, not to next states as in the first release (offline.md 4.8).
+  as after the official fix 5c8aaf8, not to next states as in the first release (docs/agents/prdc.md).
 """
 
 from __future__ import annotations
@@ -137,5 +137,5 @@ class PRDCRegularizer(Regularizer):
 
     def actor_terms(self, batch: Batch, ctx: ActorContext) -> dict[str, Tensor]:
         a_hat = self.nearest_actions(batch.observations, ctx.actions, batch.actions)
-        # official: F.mse_loss(pi, a_hat), a mean over batch and action dimensions (offline.md 4.4)
+        # official: F.mse_loss(pi, a_hat), a mean over batch and action dimensions (docs/agents/prdc.md)
         return {"loss": self.weight * (ctx.actions - a_hat).pow(2).mean()}

@@ -1,4 +1,4 @@
-"""RORL: robust offline RL via conservative smoothing (Yang et al., NeurIPS 2022; offline.md section 6).
+"""RORL: robust offline RL via conservative smoothing (Yang et al., NeurIPS 2022; docs/agents/rorl.md).
 
 Three regularizers on a SAC-N learner (``conf/agent/rorl.yaml``: N = 10, simultaneous update order), each
 registered on its own so they can be stacked or ablated (``regularizer=[rorl_policy,rorl_ood]``):
@@ -68,7 +68,7 @@ def _check(cond: bool, option: str, msg: str) -> None:
 
 @dataclass
 class RORLPolicyConfig:
-    """Policy smoothing (offline.md 6.4 step 2); defaults: hopper-medium-v2 (table 6.5)."""
+    """Policy smoothing (docs/agents/rorl.md); defaults: hopper-medium-v2 (the per-dataset table of docs/agents/rorl.md)."""
 
     eps: float = 0.005  # eps_P, normalised units
     weight: float = 0.1  # beta_P
@@ -82,7 +82,7 @@ class RORLPolicyConfig:
 
 @dataclass
 class RORLQConfig:
-    """Asymmetric Q smoothing (offline.md 6.4 step 3); defaults: hopper-medium-v2 (table 6.5)."""
+    """Asymmetric Q smoothing (docs/agents/rorl.md); defaults: hopper-medium-v2 (the per-dataset table of docs/agents/rorl.md)."""
 
     eps: float = 0.005  # eps_Q
     weight: float = 1e-4  # beta_Q
@@ -98,7 +98,7 @@ class RORLQConfig:
 
 @dataclass
 class RORLOODConfig:
-    """OOD pessimism on perturbed states (offline.md 6.4 steps 3-4); defaults: hopper-medium-v2."""
+    """OOD pessimism on perturbed states (docs/agents/rorl.md); defaults: hopper-medium-v2."""
 
     eps: float = 0.01  # eps_ood (0: PBRL's OOD term on dataset states)
     weight: float = 0.5  # beta_ood
@@ -166,7 +166,7 @@ def ood_lambda(step: int, init: float, minimum: float, decay: float) -> float:
 
 
 class PerturbationSampler:
-    """``Perturb(s, eps, n)`` of offline.md 6.3: ``n`` offsets ``U[-eps, eps]^|S|`` in normalised units,
+    """``Perturb(s, eps, n)`` of docs/agents/rorl.md: ``n`` offsets ``U[-eps, eps]^|S|`` in normalised units,
     shared by every state of the batch, returned as ``(B * n, |S|)`` raw states, row ``b * n + j`` =
     ``s_b + scale * delta_j``. ``scale``: the networks' input std (``sd_D + 1e-6``) or ones."""
 
@@ -185,7 +185,7 @@ class PerturbationSampler:
 
 
 # --------------------------------------------------------------------------------------------------
-# the big ensemble passes with reused buffers (offline.md 6.9; official_speed.md: allocator churn)
+# the big ensemble passes with reused buffers (docs/agents/rorl.md; docs/speed.md: allocator churn)
 # --------------------------------------------------------------------------------------------------
 
 

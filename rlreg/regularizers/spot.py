@@ -1,8 +1,8 @@
-"""SPOT: Supported Policy Optimization (Wu et al., NeurIPS 2022; thuml/SPOT @ 4be91cc; offline.md 5).
+"""SPOT: Supported Policy Optimization (Wu et al., NeurIPS 2022; thuml/SPOT @ 4be91cc; docs/agents/spot.md).
 
 The support constraint ``log pi_beta(pi(s) | s) > log eps`` becomes a fixed-multiplier penalty on the
 behaviour density of the policy action, with ``-log pi_beta`` replaced by the negative ELBO of a conditional
-VAE that is pre-trained on the dataset and then frozen (offline.md 5.2-5.3):
+VAE that is pre-trained on the dataset and then frozen (docs/agents/spot.md):
 
     stage 1 (pretrain_steps):  min_VAE  mean_B [ mean_dims (Dec(s, z) - a)^2 + beta * mean_latent KL_elem ]
     stage 2 (actor term):      lambda * mean_B nlb(s),
@@ -14,13 +14,13 @@ is the official ``actor_loss = -Q.mean() / Q.abs().mean().detach() + lambd * neg
 ``q_norm_alpha = null`` is the official ``without_Q_norm``. Because the penalty is only an added actor term it
 stacks with any other regularizer (e.g. ``regularizer=[prdc,spot]``), and the learner's own Q scaling applies.
 
-Online fine-tuning (offline.md 5.6, ``trainer=finetune``): the VAE stays frozen and
+Online fine-tuning (docs/agents/spot.md, ``trainer=finetune``): the VAE stays frozen and
 ``lambda_t = lambda * max(lambda_end, 1 - t / anneal_steps)`` with ``t`` the fine-tuning update count.
 
 Deviations from the official code (and why):
 
 * The VAE is frozen with ``requires_grad_(False)`` (plus ``eval()``) instead of only being left out of every
-  optimiser: the official actor step also computes VAE weight gradients nobody uses (official_speed.md);
+  optimiser: the official actor step also computes VAE weight gradients nobody uses (docs/speed.md);
   the actor update is identical.
 * Divergence guard: the official code calls ``exit(0)`` (a *successful* exit) on the first actor step with
   ``mean Q1(s, pi(s)) > 1e4``. Here the first such update is recorded on the device (no host sync per step)
@@ -74,7 +74,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class QDivergenceError(RuntimeError):
-    """SPOT's divergence guard fired: mean Q1(s, pi(s)) exceeded the threshold (offline.md 5.3)."""
+    """SPOT's divergence guard fired: mean Q1(s, pi(s)) exceeded the threshold (docs/agents/spot.md)."""
 
 
 @dataclass
@@ -247,7 +247,7 @@ class SPOTRegularizer(Regularizer):
         return ConditionalVAE(ctx.obs_dim, ctx.act_dim, latent_dim=cfg.latent_dim, hidden=cfg.vae_hidden,
                               max_action=ctx.max_action)
 
-    # -- stage 1: VAE pre-training (offline.md 5.2) -------------------------------------------------
+    # -- stage 1: VAE pre-training (docs/agents/spot.md) -------------------------------------------------
     @property
     def pretrain_steps(self) -> int:
         """Pre-training calls the trainer makes: ``pretrain_steps`` VAE steps, or one call that loads (or trains
@@ -300,7 +300,7 @@ class SPOTRegularizer(Regularizer):
         self.vae.eval()
         self._frozen = True
 
-    # -- stage 2: density penalty on the actor (offline.md 5.3, 5.6) ---------------------------------
+    # -- stage 2: density penalty on the actor (docs/agents/spot.md) ---------------------------------
     def current_lambda(self, step: int) -> float:
         """``lambd`` offline; ``lambd * max(lambda_end, 1 - step / anneal_steps)`` while fine-tuning."""
         cfg = self.config
@@ -329,7 +329,7 @@ class SPOTRegularizer(Regularizer):
             raise QDivergenceError(
                 f"SPOT: mean Q1(s, pi(s)) = {float(self._div_q):.4g} exceeded "
                 f"regularizer.spot.q_divergence_threshold={cfg.q_divergence_threshold:g} at update {first} "
-                "(the official code stops such a run, offline.md 5.3). Raise regularizer.spot.lambd or lower "
+                "(the official code stops such a run, docs/agents/spot.md). Raise regularizer.spot.lambd or lower "
                 "the learning rates, or set regularizer.spot.q_divergence_threshold=null to disable the guard."
             )
 

@@ -1,4 +1,4 @@
-"""Online fine-tuning from an offline checkpoint (SPOT ``main_finetune.py``; offline.md 5.6).
+"""Online fine-tuning from an offline checkpoint (SPOT ``main_finetune.py``; docs/agents/spot.md).
 
 ``python -m rlreg.train agent=spot dataset=<name> trainer=finetune`` continues the finished offline run of the
 same agent, dataset, seed and tag (or ``trainer.init_from``) in the dataset's evaluation env:

@@ -1,11 +1,11 @@
 """Online trainer: random warm-up, then one env step followed by ``utd_ratio`` gradient steps.
 
-Bootstrapping stops on termination only, never on truncation (online_mb.md 1.1). Exact resume: every
+Bootstrapping stops on termination only, never on truncation (docs/environments.md). Exact resume: every
 episode is reset with a seed derived from (run seed, episode index) and the checkpoint stores the
 actions taken so far in the current episode, so the env is restored by replaying them (MuJoCo is
 deterministic) and the restored observation is checked against the stored one.
 
-Regularizers with a pre-training phase (DemoReg-SAC's behaviour cloning, online_mb.md 5.3) are pre-trained
+Regularizers with a pre-training phase (DemoReg-SAC's behaviour cloning, docs/agents/demoreg.md) are pre-trained
 before the first env step, resumably, as in the offline trainer; in an online run the data comes from the
 regularizer itself (``reg.pretrain_batch(batch_size, generator)``). ``trainer.warmup_policy=agent`` makes the
 warm-up act with the agent's own stochastic policy instead of uniform actions (still no updates).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a real single-node SLURM cluster on this machine (Debian/Ubuntu packages slurm-wlm and munge,
 # optionally slurmdbd + MariaDB for accounting), without systemd. Used by tests/test_slurm.py and for
-# trying cluster sweeps locally. Run as root. Recipe: ../shared/recipes/slurm.md.
+# trying cluster sweeps locally. Run as root. Recipe: docs/sweeps.md.
 #
 # Nothing under /etc/slurm is touched: the configuration, spool, state, logs and pid files live under
 # $RLREG_SLURM_DIR (default /tmp/rlreg-slurm) and clients find the cluster through SLURM_CONF:
