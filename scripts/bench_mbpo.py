@@ -1,6 +1,6 @@
 """The cost of MBPO's 7-member probabilistic ensemble vs the single model of the Lipschitz agent, per 1,000 env steps:
 model training, model rollouts and SAC updates, side by side in one run (the claim of Zheng et al., ICLR 2023, that
-the single model is much cheaper; online_mb.md 6.6).
+the single model is much cheaper; docs/agents/mbpo_lipschitz.md).
 
     python scripts/bench_mbpo.py --env hopper --threads 1
     python scripts/bench_mbpo.py --env hopper --device cuda --rollout-batch 100000

@@ -10,7 +10,7 @@ before that step's gradient updates), with ``t = step - warmup_steps - 1`` the s
   2. rollout length ``k(e) = k0`` for ``e <= e0``, else ``int(min((e - e0) / (e1 - e0), 1) (k1 - k0) + k0)``
      (``rollout_schedule = [e0, e1, k0, k1]``);
   3. model buffer capacity ``retain_epochs * int(k * rollout_batch_size * epoch_length / model_train_freq)``;
-     when it changes the buffer is reallocated keeping its newest rows (online_mb.md 6.7 pitfall 4);
+     when it changes the buffer is reallocated keeping its newest rows (old short rollouts must not dominate);
   4. ``rollout_batch_size`` start states drawn uniformly from the real buffer are rolled out for ``k`` steps with
      the current *stochastic* policy, a uniformly random elite and a Gaussian sample per row; every model
      transition is stored (``done`` from the task's termination function on the predicted next state) and
@@ -25,7 +25,7 @@ Official code followed (in our own words): jannerm/mbpo @ ac694ff9f1ebb789cc5b3f
 (interpolated from ``trainer.warmup_steps``) marks that point, and the first model training happens right after
 the first post-warm-up env step instead of right before it.
 
-The single-model agent (``agent=mbpo_lipschitz``, docs: online_mb.md 6.3 reconstruction): one deterministic model
+The single-model agent (``agent=mbpo_lipschitz``, docs/agents/mbpo_lipschitz.md: a reconstruction): one deterministic model
 (``agent.model.type=gaussian`` for a probabilistic one), spectral normalisation on every critic layer
 (``agent.critic_spectral_norm=all``) and the ``lipschitz`` regularizer (adversarial value loss,
 ``rlreg/regularizers/lipschitz.py``). Both agents log ``model/q_lipschitz``: the mean over critics and 1,024
@@ -124,7 +124,7 @@ class _ModelMixSampler:
 
 @dataclass
 class MBPOConfig(SACConfig):
-    """SAC's options (``agent.*``) plus the model-based ones (MBPO ``examples/config``, online_mb.md 6.2)."""
+    """SAC's options (``agent.*``) plus the model-based ones (MBPO ``examples/config``, docs/agents/mbpo.md)."""
 
     model: DynamicsConfig = field(default_factory=DynamicsConfig)
     real_ratio: float = 0.05  # share of real transitions in each SAC batch

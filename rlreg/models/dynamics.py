@@ -29,7 +29,7 @@ Every detail below follows the official code, jannerm/mbpo @ ac694ff9f1ebb789cc5
 * prediction (:meth:`step`): each row uses a uniformly random elite and a sample of its Gaussian (not the
   mean), ``s' = s + delta``.
 
-rlreg design choice (online_mb.md 6.3): a deterministic model regresses *standardised* targets (a second
+rlreg design choice (docs/agents/mbpo_lipschitz.md): a deterministic model regresses *standardised* targets (a second
 scaler fit on the training targets), so that rewards and large velocities do not dominate the MSE; the
 Gaussian model keeps raw targets as in the official code. ``standardize_targets`` overrides either default.
 """

@@ -10,7 +10,7 @@ torso height). Ranges follow the env's keyword arguments when the config overrid
 * Hopper:   unhealthy unless every ``obs[1:]`` is in (-100, 100), ``z`` in (0.7, inf) and ``angle`` in
   (-0.2, 0.2) (open intervals). The env checks the *unclipped* velocities against 100 while the observation
   holds velocities clipped to [-10, 10], so a real velocity beyond 100 is the one case the function cannot
-  see (MBPO's v2 function had a one-sided ``obs[1:] < 100`` check, online_mb.md 6.7 pitfall 1).
+  see (MBPO's v2 function had a one-sided ``obs[1:] < 100`` check).
 * Walker2d: ``z`` in (0.8, 2.0) and ``angle`` in (-1, 1).
 * Ant:      all finite and ``z`` in [0.2, 1.0] (closed).
 * Humanoid: ``z`` in (1.0, 2.0).
