@@ -22,6 +22,7 @@ CONF_DIR = str(_CONF_PATH)
 def run_from_hydra(cfg: DictConfig) -> RunConfig:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
+    container.pop("seeds", None)  # a launcher option (K seeds in one process), not part of any one run
     return to_run_config(container)  # type: ignore[arg-type]
 
 
@@ -54,7 +55,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"[rlreg] configuration error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        summary = train(run)
+        seeds = cfg.get("seeds")
+        if seeds:  # K runs, one per seed, trained in one process (rlreg/trainers/seeds.py)
+            from rlreg.trainers.seeds import seed_runs, train_seeds
+
+            try:
+                runs = seed_runs(run, [int(s) for s in seeds])
+            except ConfigError as err:
+                print(f"[rlreg] configuration error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            summaries = train_seeds(runs)
+            for summary in summaries[:-1]:
+                report(summary)
+            summary = summaries[-1]
+        else:
+            summary = train(run)
     except StopRequested as stop:
         # The checkpoint is written and the logs (wandb) are closed. Under submitit the stop signal's previous
         # handler requeues this job and exits; the requeued job resumes from that checkpoint. wandb's service

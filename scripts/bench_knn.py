@@ -20,6 +20,10 @@ Every query's answer is cross-checked between the paths that ran (they must agre
 ``--embedded STEPS`` instead trains PRDC for STEPS updates on rlreg's hopper-embedded dataset (real Hopper-v5
 data, 100k rows) and reports, per window, the query time per actor step (the policy's own keys as it
 trains) beside the time of a TD3+BC update on the same buffer.
+
+``official / this``: the official KDTree's median query time over this path's, the paths taking turns call by
+call in the same run (> 1: faster than
+the official search). ``auto (tree n, brute m)``: how many timed calls each path served.
 """
 
 from __future__ import annotations
@@ -37,16 +41,18 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's rlreg, not an installed one
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from rlreg.data.knn import build_index  # noqa: E402
+from rlreg.data.knn import AutoIndex, build_index  # noqa: E402
 
 DIMS = {"hopper": (11, 3), "walker": (17, 6)}
 REGIMES = {"near": 0.1, "mid": 0.3, "far": None}
 # kdtree-official: what LAMDA-RL/PRDC does (scipy.spatial.KDTree with default build, query(key, k=[1])), for
-# reference; tree / brute-*: rlreg.data.knn (exact, lowest-index tie-break)
-PATHS = ("kdtree-official", "tree", "brute-cpu", "brute-cuda")
+# reference; auto (rlreg's CPU default: the faster of tree and brute-cpu, chosen while running) / tree / brute-*:
+# rlreg.data.knn (exact, lowest-index tie-break)
+PATHS = ("kdtree-official", "auto", "tree", "brute-cpu", "brute-cuda")
 
 
 class OfficialKDTree:
@@ -153,9 +159,11 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads = tree query workers")
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per (case, path), at least one query")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per (case, path), at least 3 rounds")
+    parser.add_argument("--rounds", type=int, default=15, help="at most this many interleaved calls per path")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS),
-                        default=["kdtree-official", "tree", "brute-cpu"] + (["brute-cuda"] if torch.cuda.is_available() else []))
+                        default=["kdtree-official", "auto", "tree", "brute-cpu"]
+                        + (["brute-cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--no-td3bc", action="store_true", help="skip the TD3+BC reference update")
     parser.add_argument("--td3bc-seconds", type=float, default=5.0)
     parser.add_argument("--embedded", type=int, default=0, metavar="STEPS", help="train on hopper-embedded instead")
@@ -173,8 +181,9 @@ def main() -> None:
     ref = None if args.no_td3bc else td3bc_update_ms(args.td3bc_seconds)
     if ref is not None:
         print(f"\nTD3+BC update (bench_updates.bench, obs 17, act 6, batch 256, CPU): {ref:.1f} ms")
-    print("\n| data | dims | policy | mean NN dist | path | build s | query ms / 256 keys | overhead / update | x TD3+BC update |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| data | dims | policy | mean NN dist | path | build s | query ms / 256 keys | official / this | "
+          "overhead / update | x TD3+BC update |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(1)
     for dims in args.dims:
         obs_dim, act_dim = DIMS[dims]
@@ -188,7 +197,8 @@ def main() -> None:
                 if path == "kdtree-official":
                     indexes[path] = OfficialKDTree(keys, args.threads)
                 else:
-                    indexes[path] = build_index(keys, backend="tree" if path == "tree" else "brute", device=device)
+                    backend = {"auto": "auto", "tree": "tree"}.get(path, "brute")
+                    indexes[path] = build_index(keys, backend=backend, device=device)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 builds[path] = time.perf_counter() - start
@@ -201,16 +211,41 @@ def main() -> None:
                     p = np.clip(a[rows] + sigma * rng.standard_normal((args.batch, act_dim)), -1, 1).astype(np.float32)
                 query = torch.from_numpy(np.concatenate([s[rows] * np.float32(args.beta), p], 1))
                 hint = torch.from_numpy(np.linalg.norm(p.astype(np.float64) - a[rows], axis=1))
-                answers = {}
+                answers, official = {}, None
+                calls = {}
                 for path, index in indexes.items():
                     q = query.to("cuda") if path == "brute-cuda" else query
-                    secs, out = timed(lambda: index.query(q, upper_bound=hint), args.seconds)  # noqa: B023
-                    idx, sq = out  # type: ignore[misc]
+
+                    def call(index=index, q=q):  # type: ignore[no-untyped-def]
+                        return index.query(q, upper_bound=hint)
+
+                    calls[path] = call
+                    if isinstance(index, AutoIndex):  # steady state for this kind of query: let it settle first
+                        for _ in range(6):
+                            call()
+                        index.served = {"tree": 0, "brute": 0}
+                # the paths take turns, one call each per round: a load change on a shared machine hits all of them
+                times: dict[str, list[float]] = {path: [] for path in calls}
+                start = time.perf_counter()
+                while len(times[args.paths[0]]) < args.rounds and (
+                        len(times[args.paths[0]]) < 3 or time.perf_counter() - start < args.seconds * len(calls)):
+                    for path, call in calls.items():
+                        secs, out = timed(call, 0.0)
+                        times[path].append(secs)
+                        answers[path] = out
+                for path, index in indexes.items():
+                    secs = statistics.median(times[path])
+                    idx, sq = answers[path]  # type: ignore[misc]
                     answers[path] = idx.cpu()
+                    official = secs if path == "kdtree-official" else official
                     per_update = secs * 1e3 / 2
                     rel = "-" if ref is None else f"{per_update / ref:.2f}"
-                    print(f"| {kind} | {dims} {obs_dim}+{act_dim} | {regime} | {sq.sqrt().mean().item():.3f} | {path} | "
-                          f"{builds[path]:.2f} | {secs * 1e3:.1f} | {per_update:.1f} ms | {rel} |", flush=True)
+                    name = path
+                    if isinstance(index, AutoIndex):
+                        name += " (" + ", ".join(f"{k} {v}" for k, v in index.served.items() if v) + ")"
+                    vs = "-" if official is None else f"{official / secs:.2f}"
+                    print(f"| {kind} | {dims} {obs_dim}+{act_dim} | {regime} | {sq.sqrt().mean().item():.3f} | {name} | "
+                          f"{builds[path]:.2f} | {secs * 1e3:.1f} | {vs} | {per_update:.1f} ms | {rel} |", flush=True)
                 ours = [answers[p] for p in answers if p != "kdtree-official"]
                 if not all(torch.equal(ours[0], other) for other in ours):
                     raise SystemExit(f"rlreg's paths disagree on {kind}/{dims}/{regime}: this is a bug")

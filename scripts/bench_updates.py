@@ -2,6 +2,8 @@
 
     python scripts/bench_updates.py                      # all agents, CPU (and CUDA when present)
     python scripts/bench_updates.py --agents td3bc sacn --devices cpu --seconds 20
+    python scripts/bench_updates.py --agents td3bc --seeds 1 2 4 8 16     # K seeds in one process
+    python scripts/bench_updates.py --compile --corl /tmp/corl             # eager vs compiled vs CORL td3_bc
 
 Sampling from the device-resident buffer is included in the timing, as in
 ``docs/speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
@@ -11,17 +13,20 @@ with this machine's float32 matmul rate (a 256x256x256 matmul loop), giving the 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's rlreg, not an installed one
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rlreg.agents import build_agent  # noqa: E402
@@ -101,6 +106,176 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
     return {"upd_s": n / (time.perf_counter() - start), "mflop": flops / 1e6}
 
 
+def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, seconds: float, k: int) -> float:
+    """Seed-updates per second of ``k`` copies trained as one :class:`rlreg.seeds.SeedStack` (sampling included)."""
+    from conftest import compose
+
+    from rlreg.seeds import SeedStack
+
+    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
+    buffer = OfflineBuffer(data, device=device)
+    learners = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        learners.append(build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer,
+                                                                seed=seed)))
+    stack = SeedStack(learners)
+    gens = [torch.Generator(device=device).manual_seed(seed) for seed in range(k)]
+
+    def step(i: int) -> None:
+        stack.update(SeedStack.sample(buffer, 256, gens), i, gens)
+
+    for i in range(1, 21):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    n, i, start = 0, 21, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            step(i)
+            i += 1
+        n += 10
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return k * n / (time.perf_counter() - start)
+
+
+def seeds_table(args: argparse.Namespace, data: TransitionDataset) -> None:
+    """K-seed scaling: seed-updates/s of one K-copy stack vs K x one seed's updates/s, the K values taking turns
+    (``--rounds`` rounds, median) so that a change of load on a shared machine hits all of them."""
+    import statistics
+
+    for dev_name in args.devices:
+        device = torch.device(dev_name)
+        for agent in args.agents:
+            rates: dict[int, list[float]] = {k: [] for k in args.seeds}
+            single: list[float] = []
+            for _ in range(args.rounds):
+                single.append(bench(agent, device, data, args.seconds)["upd_s"])
+                for k in args.seeds:
+                    rates[k].append(bench_seeds(agent, device, data, args.seconds, k))
+            one = statistics.median(single)
+            print(f"\n## {agent} on {dev_name}: K seeds in one process (rlreg.seeds.SeedStack), median of "
+                  f"{args.rounds} interleaved rounds of {args.seconds:g} s\n")
+            print(f"one seed, plain learner: {one:.1f} upd/s\n")
+            print("| K | seed-updates/s | per seed upd/s | vs K x one seed |")
+            print("|---|---|---|---|")
+            for k in args.seeds:
+                r = statistics.median(rates[k])
+                print(f"| {k} | {r:.1f} | {r / k:.1f} | {r / (k * one):.2f} |", flush=True)
+
+
+def corl_td3bc_step(checkout: Path, data: TransitionDataset, device: torch.device) -> Callable[[], object]:
+    """One training step of CORL's td3_bc.py (sampling included), loaded from a checkout of corl-team/CORL
+    (never copied here). Its module-level imports of d4rl, gym, pyrallis and wandb are not used by the classes we
+    call: empty stand-ins are put in ``sys.modules`` for the import only."""
+    import importlib.util
+    import types
+
+    class StandIn(types.ModuleType):  # any attribute, any call: annotations (gym.Env), decorators (pyrallis.wrap)
+        def __getattr__(self, name: str) -> "StandIn":
+            if name.startswith("__"):  # module machinery (__file__, __path__, ...) must see a plain module
+                raise AttributeError(name)
+            return StandIn(name)
+
+        def __call__(self, *args: object, **kwargs: object) -> "StandIn":
+            return StandIn("call")
+
+    for name in ("d4rl", "gym", "pyrallis", "wandb"):
+        sys.modules.setdefault(name, StandIn(name))
+    spec = importlib.util.spec_from_file_location("corl_td3_bc", checkout / "algorithms" / "offline" / "td3_bc.py")
+    assert spec is not None and spec.loader is not None
+    corl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corl)
+    obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
+    buffer = corl.ReplayBuffer(obs_dim, act_dim, len(data), device=str(device))
+    buffer.load_d4rl_dataset({"observations": data.observations, "actions": data.actions, "rewards": data.rewards,
+                              "next_observations": data.next_observations,
+                              "terminals": data.terminals.astype(np.float32)})
+    torch.manual_seed(0)
+    np.random.seed(0)
+    # as CORL's train(): Adam(lr=3e-4) per network, TrainConfig defaults (policy_noise 0.2, noise_clip 0.5, ...)
+    actor = corl.Actor(obs_dim, act_dim, 1.0).to(device)
+    critic_1, critic_2 = corl.Critic(obs_dim, act_dim).to(device), corl.Critic(obs_dim, act_dim).to(device)
+    trainer = corl.TD3_BC(
+        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
+        critic_1=critic_1, critic_1_optimizer=torch.optim.Adam(critic_1.parameters(), lr=3e-4),
+        critic_2=critic_2, critic_2_optimizer=torch.optim.Adam(critic_2.parameters(), lr=3e-4),
+        discount=0.99, tau=0.005, device=str(device), policy_noise=0.2, noise_clip=0.5, policy_freq=2, alpha=2.5,
+    )
+    return lambda: trainer.train(buffer.sample(256))
+
+
+def rate(step: Callable[[], object], seconds: float, device: torch.device) -> float:
+    """Calls of ``step`` per second over ``seconds`` (after the caller's warm-up)."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            step()
+        n += 10
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def compile_table(args: argparse.Namespace, data: TransitionDataset) -> None:
+    """TD3+BC updates/s: rlreg eager, rlreg compiled (the vmapped functional update of rlreg.seeds with K = 1,
+    ``compile=True``) and, with ``--corl``, CORL's official td3_bc step, taking turns in the same process."""
+    import statistics
+
+    from conftest import compose
+
+    from rlreg.seeds import SeedStack
+
+    for dev_name in args.devices:
+        device = torch.device(dev_name)
+        run = to_run_config(compose(["agent=td3bc", "dataset=hopper-medium-v2"]))
+        buffer = OfflineBuffer(data, device=device)
+        steps: dict[str, Callable[[], object]] = {}
+        torch.manual_seed(0)
+        learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
+        counters = {"eager": 0, "stack": 0, "compiled": 0}
+        gens = {name: torch.Generator(device=device).manual_seed(0) for name in counters}
+
+        def eager() -> None:
+            counters["eager"] += 1
+            learner.update(buffer.sample(256, gens["eager"]), counters["eager"], gens["eager"])
+
+        steps["rlreg eager"] = eager
+        for name, compiled in (("stack", False), ("compiled", True)):
+            torch.manual_seed(0)
+            stack = SeedStack([build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data,
+                                                                       buffer=buffer))],
+                              compile=compiled)
+
+            def step(stack: SeedStack = stack, name: str = name) -> None:
+                counters[name] += 1
+                stack.update(SeedStack.sample(buffer, 256, [gens[name]]), counters[name], [gens[name]])
+
+            steps["rlreg functional (SeedStack K=1), eager" if not compiled else
+                  "rlreg functional (SeedStack K=1), compiled"] = step
+        if args.corl:
+            steps["CORL td3_bc (official)"] = corl_td3bc_step(Path(args.corl), data, device)
+        start = time.perf_counter()
+        for step in steps.values():
+            for _ in range(20):  # warm-up; compiles the compiled path
+                step()
+        warm = time.perf_counter() - start
+        rates: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                rates[name].append(rate(step, args.seconds, device))
+        med = {name: statistics.median(r) for name, r in rates.items()}
+        ref = med.get("CORL td3_bc (official)")
+        print(f"\n## TD3+BC on {dev_name}: median of {args.rounds} interleaved rounds of {args.seconds:g} s "
+              f"(warm-up incl. compilation {warm:.0f} s)\n")
+        print("| implementation | upd/s | vs rlreg eager | vs official |")
+        print("|---|---|---|---|")
+        for name, r in med.items():
+            print(f"| {name} | {r:.1f} | {r / med['rlreg eager']:.2f} | {'-' if ref is None else f'{r / ref:.2f}'} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", nargs="+", default=list(AGENTS))
@@ -108,9 +283,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
+                        help="K-seed scaling instead: seed-updates/s of K copies in one process (td3bc, td3, sacn)")
+    parser.add_argument("--rounds", type=int, default=3, help="--seeds: interleaved rounds (median)")
+    parser.add_argument("--compile", action="store_true",
+                        help="TD3+BC eager vs compiled (vs --corl), interleaved, instead of the agent table")
+    parser.add_argument("--corl", default=None, metavar="CHECKOUT",
+                        help="--compile: also time CORL's td3_bc.py step from this checkout of corl-team/CORL")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_dataset(args.rows)
+    if args.compile:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        print(f"# rlreg bench_updates --compile: commit {commit.stdout.strip()}, torch {torch.__version__}, "
+              f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}, batch 256, "
+              f"{args.rows} rows")
+        compile_table(args, data)
+        return
+    if args.seeds:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        load = os.getloadavg()[0]
+        print(f"# rlreg bench_updates --seeds: commit {commit.stdout.strip()}, torch {torch.__version__}, "
+              f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {load:.1f}, batch 256, {args.rows} rows")
+        seeds_table(args, data)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"# rlreg bench_updates: commit {commit.strip()}, torch {torch.__version__}, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, batch 256, {args.rows} rows")

@@ -8,7 +8,15 @@ import pytest
 import torch
 from scipy.spatial import KDTree
 
-from rlreg.data.knn import BruteForceIndex, TreeIndex, brute_force_reference, build_index, exact_sq_dist
+from rlreg.data.knn import (
+    AUTO_MIN_ROWS,
+    AutoIndex,
+    BruteForceIndex,
+    TreeIndex,
+    brute_force_reference,
+    build_index,
+    exact_sq_dist,
+)
 
 # the brute-force path with its defaults, and with tiny chunks and candidate lists so that the chunk merge,
 # the certificate and the exact fix-up all run on small data
@@ -16,11 +24,39 @@ PATHS = {
     "tree": dict(backend="tree"),
     "brute": dict(backend="brute"),
     "brute-small-chunks": dict(backend="brute", chunk_rows=97, candidates=2),
+    # AutoIndex made to alternate: every call is served by the other path than the previous one
+    "auto-alternating": dict(),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+class AlternatingAuto(AutoIndex):
+    """An AutoIndex whose timing says 'the other one is faster' after every call (tree -> brute -> tree ...)."""
+
+    def query(self, queries, k=1, upper_bound=None):  # type: ignore[no-untyped-def]
+        first = super().query(queries, k, upper_bound)
+        second = super().query(queries, k, upper_bound)
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+        return first
+
+
+def alternating(keys: torch.Tensor, device: str = "cpu") -> AutoIndex:
+    auto = AlternatingAuto(TreeIndex(keys), BruteForceIndex(keys, device=device, chunk_rows=97), keys[:8])
+    auto.brute_time = 0.0  # the tree is always "slower": it serves one call, then the brute force serves
+    auto.wait = 1  # ... one call before the next probe, and never more (the probe doubles it: reset below)
+    original = auto.query
+
+    def query(queries, k=1, upper_bound=None):  # type: ignore[no-untyped-def]
+        auto.wait, auto.brute_time = 1, 0.0
+        return original(queries, k, upper_bound)
+
+    auto.query = query  # type: ignore[method-assign]
+    return auto
+
+
 def index(keys: np.ndarray, path: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
+    if path == "auto-alternating":
+        return alternating(torch.as_tensor(keys), device)
     return build_index(torch.as_tensor(keys), device=device, **PATHS[path])
 
 
@@ -118,10 +154,34 @@ def test_exact_distance_is_a_fixed_order_float64_sum() -> None:
     assert exact_sq_dist(rows, q).dtype == torch.float64
 
 
-def test_auto_backend_is_the_tree_on_cpu() -> None:
+def test_auto_backend_on_cpu_is_the_tree_for_small_data_and_both_for_large() -> None:
     keys = torch.randn(50, 4)
     assert isinstance(build_index(keys), TreeIndex)
     assert isinstance(build_index(keys, backend="brute"), BruteForceIndex)
+    big = torch.randn(AUTO_MIN_ROWS, 3)
+    auto = build_index(big)
+    assert isinstance(auto, AutoIndex) and auto.brute_time > 0
+    q = torch.randn(64, 3)
+    for _ in range(3):
+        idx, _ = auto.query(q)
+        np.testing.assert_array_equal(idx.numpy(), brute_force_reference(big.numpy(), q.numpy())[0])
+
+
+def test_auto_index_switches_to_the_faster_path_and_backs_off() -> None:
+    rng = np.random.default_rng(5)
+    keys = torch.as_tensor(rng.standard_normal((3000, 5)).astype(np.float32))
+    q = torch.as_tensor(rng.standard_normal((40, 5)).astype(np.float32))
+    auto = AutoIndex(TreeIndex(keys), BruteForceIndex(keys), keys[:8])
+    ref = brute_force_reference(keys.numpy(), q.numpy())[0]
+    cost = {"brute": 1e-12}  # the brute force "costs nothing": after one tree call it serves, probing the tree
+    auto._brute_seconds = lambda b: cost["brute"]  # type: ignore[method-assign]
+    for _ in range(40):  # after 4, 8, 16 calls (still slower each time)
+        np.testing.assert_array_equal(auto.query(q)[0].numpy(), ref)
+    assert auto.using == "brute" and auto.served == {"tree": 4, "brute": 36} and auto.wait == 32
+    cost["brute"] = 1e3  # now the brute force "is slow": its next call hands back to the tree, which stays
+    for _ in range(40):
+        np.testing.assert_array_equal(auto.query(q)[0].numpy(), ref)
+    assert auto.using == "tree" and auto.served == {"tree": 43, "brute": 37}
 
 
 def test_bad_input_names_the_problem() -> None:

@@ -22,8 +22,13 @@ Two backends, one definition:
   distance is fetched with a ball query and ranked exactly. scipy takes one scalar bound per call, so
   queries are searched in groups of similar bounds (1-64 groups, adapted to the search time; the
   grouping only changes the speed). ``workers`` defaults to torch's CPU
-  thread count (the run's ``threads`` setting). The tie check costs about 1.1-1.5x a plain
-  ``KDTree.query(k=1)`` (which does not resolve ties); see ``scripts/bench_knn.py``.
+  thread count (the run's ``threads`` setting). See ``scripts/bench_knn.py`` for its cost next to a plain
+  ``KDTree.query(k=1)`` (which does not resolve ties).
+* :class:`AutoIndex` (the CPU default for large key sets): both of the paths below over the same keys; each
+  query call goes to whichever is currently faster (timed while running; identical answers, so the choice
+  never changes a run). The tree wins near the data and on structured, low-dimensional keys; the brute force
+  wins when the queries are far from the data in many dimensions (an untrained policy), where the tree
+  degenerates towards a full scan with a pointer chase per row.
 * :class:`BruteForceIndex` (any torch device; the GPU path): chunked ``|x|^2 - 2 x.q + |q|^2`` matmuls in
   ``precision`` (float32 by default, TF32 off) keep a running top-``K`` of approximate distances per query;
   the ``K`` candidates are re-ranked with the exact float64 distance. A rigorous bound on the matmul's
@@ -31,7 +36,10 @@ Two backends, one definition:
   centred on their mean), certifies the answer when the ``k``-th exact candidate is closer than the
   ``K``-th approximate distance minus ``err``. For uncertified queries (rare; one host sync per query
   call checks for them) every row whose approximate distance is within ``2 err`` of the candidate is
-  re-checked exactly, so cancellation can never pick a wrong neighbour.
+  re-checked exactly, so cancellation can never pick a wrong neighbour. For ``k = 1`` on the CPU the running
+  top-``K`` is replaced by the two smallest approximate distances per chunk (two SIMD ``argmin`` passes over a
+  reused buffer; a CPU top-K costs more than the matmul); the same certificate then uses the second-smallest
+  approximate distance of all other rows.
 """
 
 from __future__ import annotations
@@ -46,11 +54,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "BACKENDS", "BruteForceIndex", "KNNIndex", "TreeIndex", "brute_force_reference", "build_index", "exact_sq_dist",
+    "AUTO_MIN_ROWS", "AutoIndex", "BACKENDS", "BruteForceIndex", "KNNIndex", "TreeIndex", "brute_force_reference", "build_index", "exact_sq_dist",
     "kth_in_rows",
 ]
 
 BACKENDS = ("auto", "tree", "brute")
+AUTO_MIN_ROWS = 50_000  # below this the tree costs ~1 ms per 256 keys: auto keeps the tree alone
 
 
 def exact_sq_dist(rows: Tensor | np.ndarray, queries: Tensor | np.ndarray) -> Tensor | np.ndarray:
@@ -145,15 +154,16 @@ class TreeIndex(KNNIndex):
         self.workers = workers
         self.groups = groups
         self._search_time: float | None = None
-        # balanced_tree/compact_nodes off: sliding-midpoint splits build 2-5x faster (1M x 23: ~1 s) and the
-        # queries were as fast or faster on our benchmark data (random-walk, iid, hopper-embedded).
-        self.tree = cKDTree(self.keys.numpy().astype(np.float64), leafsize=leafsize,
-                            balanced_tree=False, compact_nodes=False)
+        # sliding-midpoint splits (balanced_tree off) build 2-5x faster than median splits (1M x 23: ~1 s);
+        # compact nodes (shrunk bounding boxes) made the bounded searches 10-40% faster on random-walk keys and
+        # were even on iid keys (scripts/bench_knn.py data, 200k rows, 2026-12-03).
+        self.tree = cKDTree(self.keys.numpy().astype(np.float64), leafsize=leafsize, balanced_tree=False)
         probe = self._keys_np[:32].astype(np.float64)
         times = []
-        for _ in range(5):  # the fixed cost of one grouped call: a 32-key search that finds only exact matches
-            start = time.perf_counter()
-            self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30)
+        for _ in range(5):  # the fixed cost of one grouped call: a 32-key search that finds only exact matches,
+            start = time.perf_counter()  # with the query threads (starting them is most of that cost)
+            self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30,
+                            workers=workers or torch.get_num_threads())
             times.append(time.perf_counter() - start)
         self._call_time = max(sorted(times)[2], 1e-6)
 
@@ -166,29 +176,13 @@ class TreeIndex(KNNIndex):
         if self._search_time is None:
             return min(16, b)
         return int(min(max(round(math.sqrt(self._search_time / self._call_time)), 1), 64, b))
-    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
-        prunes the search (a wrong claim costs a second search, never a wrong answer)."""
-        self._check_queries(queries, k)
-        device = queries.device
-        q32 = queries.detach().to("cpu", torch.float32)
-        q64 = q32.numpy().astype(np.float64)
-        if not np.isfinite(q64).all():
-            raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
+    def _grouped(self, q64: np.ndarray, kk: int, bound: np.ndarray, workers: int) -> tuple[np.ndarray, ...]:
+        """``kk``-NN searches in groups of similar bounds (scipy takes one scalar bound per call), each pruned at
+        its group's largest bound: distances and indices ``(b, kk)`` (inf / N past the bound) and the limit used."""
         b = q64.shape[0]
-        workers = self.workers or torch.get_num_threads()
-        if upper_bound is None:
-            bound = np.asarray(self.tree.query(q64, k=[k], workers=workers)[0], dtype=np.float64).reshape(b)
-        else:
-            bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
-            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
-        out_i = np.empty(b, dtype=np.int64)
-        kk = min(k + 1, self.num_rows)
         dist = np.empty((b, kk), dtype=np.float64)
         idx = np.empty((b, kk), dtype=np.int64)
         limit = np.empty(b, dtype=np.float64)
-        # One (k+1)-NN search per group of queries with similar bounds, pruned at the group's bound (scipy takes
-        # a scalar): it finds the k nearest and shows that the (k+1)-th is strictly farther (no tie), or not.
         order = np.argsort(bound)
         groups = self._num_groups(b)
         edges = np.arange(groups + 1) * b // groups
@@ -201,6 +195,39 @@ class TreeIndex(KNNIndex):
                 dist[sel], idx[sel] = np.reshape(d, (sel.size, kk)), np.reshape(i, (sel.size, kk))
         elapsed = time.perf_counter() - start
         self._search_time = elapsed if self._search_time is None else 0.5 * (self._search_time + elapsed)
+        return dist, idx, limit
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
+        prunes the search (a wrong claim costs a second search, never a wrong answer)."""
+        self._check_queries(queries, k)
+        device = queries.device
+        q32 = queries.detach().to("cpu", torch.float32)
+        q64 = q32.numpy().astype(np.float64)
+        if not np.isfinite(q64).all():
+            raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
+        b = q64.shape[0]
+        workers = self.workers or torch.get_num_threads()
+        if upper_bound is None:
+            bound = np.full(b, np.inf)
+        else:
+            bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
+            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
+        out_i = self._certified(q32, q64, k, bound, workers)
+        sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
+        return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
+
+    def _certified(self, q32: Tensor, q64: np.ndarray, k: int, bound: np.ndarray, workers: int) -> np.ndarray:
+        """The k-th neighbour by a bounded (k+1)-NN search that shows the (k+1)-th is strictly farther, with an
+        exact ranking of every row within the k-th distance where it does not (ties, or a wrong bound)."""
+        b = q64.shape[0]
+        out_i = np.empty(b, dtype=np.int64)
+        if not np.isfinite(bound).all():  # no (usable) bound: the k-th distance from a plain k-NN search
+            free = ~np.isfinite(bound)
+            bound = bound.copy()
+            bound[free] = np.asarray(self.tree.query(q64[free], k=[k], workers=workers)[0], np.float64).reshape(-1)
+        kk = min(k + 1, self.num_rows)
+        dist, idx, limit = self._grouped(q64, kk, bound, workers)
         # the k-th is well inside the searched radius, so any row tied with it (up to the tree's float64
         # rounding, ~1e-16 relative) was searched too; inf (fewer than k rows within a wrong bound) fails
         reach = dist[:, k - 1] * (1 + 1e-9) + 1e-30
@@ -225,8 +252,7 @@ class TreeIndex(KNNIndex):
             group = torch.repeat_interleave(torch.arange(rest.size), counts)
             exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(rest)][group])
             out_i[rest] = _kth_in_groups(group, exact, rows, k, rest.size)[1].numpy()
-        sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
-        return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
+        return out_i
 
 
 @contextlib.contextmanager
@@ -289,6 +315,9 @@ class BruteForceIndex(KNNIndex):
         b, n = q32.shape[0], self.num_rows
         qc = q32.to(self.dtype) - self.center
         q_sq = (qc * qc).sum(1)
+        if k == 1 and self.device.type == "cpu" and n > 1:
+            i_1, d_1 = self._nearest_cpu(q32, qc, q_sq)
+            return i_1.to(device), d_1.to(device)
         cand = min(max(self.candidates, k + 1), n)
         with _ieee_matmul():
             best_d = torch.empty(b, 0, dtype=self.dtype, device=self.device)
@@ -317,6 +346,53 @@ class BruteForceIndex(KNNIndex):
                 i_k = i_k.index_put((bad,), i_bad)
         return i_k.to(device), d_k.to(device)
 
+    def _nearest_cpu(self, q32: Tensor, qc: Tensor, q_sq: Tensor) -> tuple[Tensor, Tensor]:
+        """``k = 1`` on the CPU: per chunk only the two smallest approximate distances per query (numpy's SIMD
+        ``argmin`` twice; a top-K is ~5x slower on the CPU), written into one reused buffer.
+
+        The candidate is the approximate argmin; every other row's approximate distance is >= ``second``, the
+        smaller of the winning chunk's second minimum and the other chunks' minima. The answer is certified when
+        ``second - err`` exceeds the candidate's exact distance (every other row is then strictly farther);
+        other queries get the exact re-check of :meth:`_recheck`."""
+        b, n, c = q32.shape[0], self.num_rows, self.chunk_rows
+        chunks = -(-n // c)
+        buf = torch.empty(b, min(c, n), dtype=self.dtype)
+        view = buf.numpy()
+        mins = np.empty((2, b, chunks), dtype=view.dtype)
+        args = np.empty((b, chunks), dtype=np.int64)
+        rows = np.arange(b)
+        with _ieee_matmul():
+            for j in range(chunks):
+                start, stop = j * c, min((j + 1) * c, n)
+                out = buf[:, : stop - start]
+                torch.addmm(self.sq_norms[start:stop].unsqueeze(0), qc, self.centered[start:stop].t(),
+                            beta=1.0, alpha=-2.0, out=out)
+                v = view[:, : stop - start]
+                i = v.argmin(1)
+                args[:, j] = i + start
+                mins[0, :, j] = v[rows, i]
+                if stop - start > 1:
+                    v[rows, i] = np.inf
+                    mins[1, :, j] = v[rows, v.argmin(1)]
+                else:
+                    mins[1, :, j] = np.inf
+        win = mins[0].argmin(1)
+        cand = torch.from_numpy(args[rows, win])
+        second = mins[1, rows, win].astype(np.float64)
+        if chunks > 1:
+            mins[0, rows, win] = np.inf
+            second = np.minimum(second, mins[0].min(1))
+        d_c = exact_sq_dist(self.keys[cand], q32)
+        q_sq64 = q_sq.to(torch.float64)
+        err = self.err_coef * (self.max_norm + q_sq64.sqrt()).square()
+        certified = d_c < torch.from_numpy(second) + q_sq64 - err
+        if not bool(certified.all()):
+            bad = (~certified).nonzero().squeeze(1)
+            d_bad, i_bad = self._recheck(q32[bad], qc[bad], q_sq[bad], d_c[bad] + 2 * err[bad], 1)
+            d_c = d_c.index_put((bad,), d_bad)
+            cand = cand.index_put((bad,), i_bad)
+        return cand, d_c
+
     def _recheck(self, q32: Tensor, qc: Tensor, q_sq: Tensor, threshold: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Exact k-th neighbour among every row whose approximate distance is <= ``threshold``.
 
@@ -335,6 +411,67 @@ class BruteForceIndex(KNNIndex):
         return _kth_in_groups(group, dist, idx, k, q32.shape[0])
 
 
+class AutoIndex(KNNIndex):
+    """CPU default: the tree and the brute force over the same keys, each query answered by whichever is faster now.
+
+    Both give the same answer (the definition above), so the choice only changes the speed, never a run. The brute
+    force's cost is fixed (every row, every query) and measured once at build on dataset keys; the tree's grows with
+    the distance between the queries and the data (PRDC: as pi(s) leaves the dataset), so it is timed on every call
+    it serves. While the tree is faster it serves; once its running time exceeds the brute force's, the brute force
+    serves and the tree is re-tried after ``probe`` calls, doubling the wait (up to 256) each time it is still
+    slower, so that a probe costs at most a few percent."""
+
+    backend = "auto"
+
+    def __init__(self, tree: "TreeIndex", brute: "BruteForceIndex", probe_keys: Tensor) -> None:
+        super().__init__(brute.keys[:1])
+        self.num_rows, self.dim = tree.num_rows, tree.dim
+        self.tree, self.brute = tree, brute
+        start = time.perf_counter()
+        brute.query(probe_keys)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        brute.query(probe_keys)
+        self.brute_time = min(first, time.perf_counter() - start)  # per call of probe_keys.shape[0] queries
+        self.probe_rows = int(probe_keys.shape[0])
+        self.tree_time: float | None = None
+        self.using = "tree"
+        self.wait, self.calls_since_probe = 4, 0
+        self.served = {"tree": 0, "brute": 0}
+
+    def _brute_seconds(self, b: int) -> float:
+        return self.brute_time * b / self.probe_rows
+
+    def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        b = max(int(queries.shape[0]), 1)
+        if self.using == "brute" and self.calls_since_probe < self.wait:
+            self.calls_since_probe += 1
+            self.served["brute"] += 1
+            start = time.perf_counter()
+            out = self.brute.query(queries, k, upper_bound)
+            # its cost is fixed by the data size, so the latest call is the best estimate (the machine's load moves)
+            self.brute_time = (time.perf_counter() - start) * self.probe_rows / b
+            if self.tree_time is not None and self._brute_seconds(b) > 1.1 * self.tree_time:
+                self.using, self.wait = "tree", 4  # the brute force got slower than the tree last was
+            return out
+        start = time.perf_counter()
+        out = self.tree.query(queries, k, upper_bound)
+        elapsed = time.perf_counter() - start
+        self.served["tree"] += 1
+        probing = self.using == "brute"
+        self.tree_time = elapsed if (self.tree_time is None or probing) else 0.7 * self.tree_time + 0.3 * elapsed
+        slower = self.tree_time > 1.1 * self._brute_seconds(b)
+        if probing:
+            self.calls_since_probe = 0
+            if slower:
+                self.wait = min(2 * self.wait, 256)
+            else:
+                self.using, self.wait = "tree", 4
+        elif slower:
+            self.using, self.calls_since_probe = "brute", 0
+        return out
+
+
 def build_index(
     keys: Tensor,
     backend: str = "auto",
@@ -344,12 +481,21 @@ def build_index(
     candidates: int = 16,
     precision: str = "float32",
 ) -> KNNIndex:
-    """Exact index over ``keys`` (float32, (N, D)): ``auto`` is the brute-force path on CUDA, the tree elsewhere."""
+    """Exact index over ``keys`` (float32, (N, D)): ``auto`` is the brute-force path on CUDA and, on the CPU, an
+    :class:`AutoIndex` over both paths (the tree alone for small key sets, where it always wins)."""
     if backend not in BACKENDS:
         raise ValueError(f"nearest-neighbour backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device) if device is not None else keys.device
     if backend == "auto":
-        backend = "brute" if dev.type == "cuda" else "tree"
+        if dev.type == "cuda":
+            backend = "brute"
+        elif keys.shape[0] < AUTO_MIN_ROWS:
+            backend = "tree"
+        else:
+            tree = TreeIndex(keys, workers=workers)
+            brute = BruteForceIndex(keys, device=dev, chunk_rows=chunk_rows, candidates=candidates, precision=precision)
+            probe = keys[torch.randint(0, keys.shape[0], (256,), generator=torch.Generator().manual_seed(0))]
+            return AutoIndex(tree, brute, probe.to(dev) + 0.5)
     if backend == "tree":
         return TreeIndex(keys, workers=workers)
     return BruteForceIndex(keys, device=dev, chunk_rows=chunk_rows, candidates=candidates, precision=precision)

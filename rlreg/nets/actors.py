@@ -134,16 +134,19 @@ class TanhGaussianActor(nn.Module):
         deterministic: bool = False,
         with_log_prob: bool = True,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Reparameterised sample ``a = tanh(mean + std * eps) * max_action`` (``eps`` from
-        ``torch.randn(..., generator=generator)``) and its log-prob ``(B,)`` (None if not requested).
+        ``torch.randn(..., generator=generator)``, or ``noise`` when given: drawn by the caller, e.g. outside a
+        ``vmap``) and its log-prob ``(B,)`` (None if not requested).
         ``deterministic=True``: ``a = tanh(mean) * max_action`` with the log-density at that point."""
         mean, log_std = self.dist_params(obs)
         if deterministic:
             u = mean
             normal_lp = (-log_std - _HALF_LOG_2PI).sum(-1) if with_log_prob else None
         else:
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            eps = noise if noise is not None else torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                                                              device=mean.device)
             u = torch.addcmul(mean, log_std.exp(), eps)
             # Normal(mean, std).log_prob(u) with (u - mean) / std == eps exactly
             normal_lp = (-0.5 * eps.square() - log_std - _HALF_LOG_2PI).sum(-1) if with_log_prob else None

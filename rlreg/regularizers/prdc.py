@@ -16,11 +16,15 @@ Deviations from the official code, and why:
 * Search structure: the official code ships ``[beta s, pi(s)]`` to the CPU and calls
   ``scipy.spatial.KDTree.query`` every actor step. We use :mod:`rlreg.data.knn`: on CPU a ``cKDTree``
   search that also proves the neighbour has no tie, on CUDA an exact chunked brute force on the device
-  (no host round trip, one boolean sync). Both return KDTree's neighbour; **exact ties** (e.g. duplicated
+  (no host round trip, one boolean sync); on a CPU with a large dataset (``backend=auto``) both, each actor
+  step served by whichever is currently faster (the brute force wins when pi(s) is far from the data in
+  many dimensions, where the tree, official or ours, is slowest). All paths return KDTree's neighbour; **exact ties** (e.g. duplicated
   rows) go to the lowest row index, where KDTree's choice depends on its traversal: our tie-break is
-  explicit and the same on both paths, so CPU and GPU runs train on the same targets. On CPU the search
-  costs about what the official query costs (``scripts/bench_knn.py``); like it, it grows steeply with the
-  distance between ``pi(s)`` and the data.
+  explicit and the same on all paths, so CPU and GPU runs train on the same targets. Proving that there is
+  no tie costs the tree search something: on CPU it ran at 0.2-1.2x the official query's speed (cheap
+  near-data queries the worst; ``scripts/bench_knn.py``, ``results/bench_updates.md``); like it, it grows
+  steeply with the distance between ``pi(s)`` and the data, which is where ``auto`` can switch to the
+  constant-cost brute force.
 * Search hint (tree path, ``k = 1``): the batch row's own key ``(beta s, a)`` is in the index, so the
   nearest neighbour is at most ``|pi(s) - a|`` away; that bound prunes the tree search. It cannot change
   the answer (a wrong bound, e.g. online rows during fine-tuning, only costs a second search).
@@ -42,7 +46,7 @@ import torch
 from torch import Tensor
 
 from rlreg.data.buffers import Batch
-from rlreg.data.knn import BACKENDS, KNNIndex, TreeIndex, build_index
+from rlreg.data.knn import BACKENDS, AutoIndex, KNNIndex, TreeIndex, build_index
 from rlreg.regularizers import register
 from rlreg.regularizers.base import ActorContext, Regularizer, SetupContext
 
@@ -52,7 +56,7 @@ class PRDCConfig:
     beta: float = 2.0  # state scale in the search key (README: 2.0 locomotion, 7.5 AntMaze; CLI default 1.0)
     k: int = 1  # the k-th nearest neighbour is the target (official k=[k])
     weight: float = 1.0  # coefficient of the dataset-constraint term (official: 1)
-    backend: str = "auto"  # auto (brute force on CUDA, tree elsewhere) | tree | brute
+    backend: str = "auto"  # auto (CUDA: brute force; CPU: the faster of tree and brute force, timed) | tree | brute
     workers: int = 0  # tree: query threads (0: torch.get_num_threads(), i.e. the run's `threads`)
     hint: bool = True  # tree: prune with the batch row's own distance |pi(s) - a| (never changes the result)
     chunk_rows: int = 0  # brute: dataset rows per distance matmul (0: 2^18 on CUDA, 2^14 on CPU)
@@ -118,7 +122,7 @@ class PRDCRegularizer(Regularizer):
             candidates=cfg.candidates,
             precision=cfg.precision,
         )
-        self.use_hint = cfg.hint and self.k == 1 and isinstance(self.index, TreeIndex)
+        self.use_hint = cfg.hint and self.k == 1 and isinstance(self.index, (TreeIndex, AutoIndex))
 
     def nearest_actions(
         self, observations: Tensor, policy_actions: Tensor, dataset_actions: Tensor | None = None
