@@ -328,7 +328,7 @@ class TrainerBase:
     def _postfix(self, bar: Any, **items: Any) -> None:
         """Update the progress bar's postfix, keeping the items shown before (eval return, counters, metrics)."""
         self._bar_items: dict[str, Any] = {**getattr(self, "_bar_items", {}), **items}
-        bar.set_postfix(self._bar_items)
+        bar.set_postfix(**self._bar_items)
 
     # -- stop signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
