@@ -8,17 +8,65 @@ regularizers and wrongly typed values raise :class:`ConfigError` naming the offe
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from rlreg.errors import UserError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, missing or of the wrong type (the message names the option)."""
+
+    hint = "fix the option named above (python -m rlreg.train --cfg job shows the composed config)"
+
+
+class OptionError(ConfigError):
+    """Raised by a config dataclass's ``__post_init__``: ``template`` names options as ``{field}``;
+    :func:`from_dict` turns them into the names typed on the command line (``trainer.eval_episodes``)."""
+
+    def __init__(self, template: str, *fields: str) -> None:
+        self.template, self.fields = template, fields
+        super().__init__(self.render(""))
+
+    def render(self, path: str) -> str:
+        return self.template.format(**{f: f"{path}.{f}" if path else f for f in self.fields})
+
+
+def _esc(value: Any) -> str:
+    """``value`` for an :class:`OptionError` template (braces doubled)."""
+    return str(value).replace("{", "{{").replace("}", "}}")
+
+
+def _check_range(obj: Any, name: str, low: float | None = None, high: float | None = None,
+                 optional: bool = False) -> None:
+    """``low <= obj.name <= high`` (either bound may be None); floats must be finite; None only if optional."""
+    value = getattr(obj, name)
+    if value is None:
+        if optional:
+            return
+        raise OptionError(f"{{{name}}} must be set, got null", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(f"{{{name}}} must be a finite number, got {value}", name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            bound = f">= {low}"
+        elif low is None:
+            bound = f"<= {high}"
+        else:
+            bound = f"in [{low}, {high}]"
+        raise OptionError(f"{{{name}}} must be {bound}, got {_esc(value)}", name)
+
+
+def _check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise OptionError(f"{{{name}}}={_esc(repr(value))} is unknown; choose one of: {', '.join(allowed)}", name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,6 +124,19 @@ class EnvConfig:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
 
+    def __post_init__(self) -> None:
+        _check_range(self, "max_episode_steps", 1, optional=True)
+        _check_range(self, "ref_min_score", optional=True)
+        _check_range(self, "ref_max_score", optional=True)
+        # one of the two may stay null (a Minari dataset's metadata may fill it); no normalized score without both
+        low, high = self.ref_min_score, self.ref_max_score
+        if low is not None and high is not None and high <= low:
+            raise OptionError(f"{{ref_max_score}} ({self.ref_max_score}) must be greater than {{ref_min_score}} "
+                              f"({self.ref_min_score})", "ref_min_score", "ref_max_score")
+
+
+DATASET_SOURCES = ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg")
+
 
 @dataclass
 class DatasetConfig:
@@ -101,6 +162,17 @@ class DatasetConfig:
     action_noise: float = 0.0
     collect_seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_choice(self, "source", DATASET_SOURCES)
+        _check_choice(self, "verify", ("error", "warn", "off"))
+        _check_choice(self, "reward_transform", ("identity", "affine", "minus_one", "return_range"))
+        _check_range(self, "state_std_eps", 0.0)
+        _check_range(self, "reward_scale")
+        _check_range(self, "reward_shift")
+        _check_range(self, "num_transitions", 0)
+        _check_range(self, "action_noise", 0.0)
+        _check_range(self, "collect_seed", 0, 2**32 - 1)
+
 
 @dataclass
 class TrainerConfig:
@@ -122,10 +194,24 @@ class TrainerConfig:
     # DemoReg-SAC acting with the behaviour-cloned prior, docs/agents/demoreg.md). No updates either way.
     warmup_policy: str = "uniform"
     utd_ratio: int = 1
+    # online only: the utd_ratio updates happen on every update_every-th env step (DecQN 8, REValueD 5)
+    update_every: int = 1
     buffer_size: int = 1_000_000
     # finetune only: the offline run directory (or checkpoint file) to start from; None: the offline run of the
     # same agent, dataset, seed and tag under run_root
     init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "mode", ("offline", "online", "finetune"))
+        _check_choice(self, "warmup_policy", ("uniform", "agent"))
+        for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "utd_ratio", "update_every", "buffer_size"):
+            _check_range(self, name, 1)
+        for name in ("eval_seed_offset", "snapshot_every", "warmup_steps"):
+            _check_range(self, name, 0)
+        if self.checkpoint_every % self.log_every:
+            raise OptionError(f"{{checkpoint_every}} ({self.checkpoint_every}) must be a multiple of {{log_every}} "
+                              f"({self.log_every})", "checkpoint_every", "log_every")
 
 
 @dataclass
@@ -135,6 +221,9 @@ class LoggingConfig:
     entity: str | None = None
     group: str | None = None
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "wandb_mode", ("offline", "online", "disabled"))
 
 
 @dataclass
@@ -151,16 +240,23 @@ class RunConfig:
     run_dir: str | None = None  # explicit override of the derived run directory
     tag: str = ""
 
-    @property
-    def task_name(self) -> str:
-        if self.trainer.mode == "offline":
-            assert self.dataset is not None
-            return self.dataset.name
-        if self.trainer.mode == "finetune":
-            assert self.dataset is not None
-            return f"{self.dataset.name}-finetune"
-        assert self.env is not None
-        return self.env.id
+    def __post_init__(self) -> None:
+        _check_range(self, "seed", 0, 2**32 - 1)  # numpy seeds are unsigned 32-bit
+        _check_range(self, "threads", 0)
+        check_device_name(self.device)
+
+
+def check_device_name(name: str) -> None:
+    """``device`` must be ``auto`` or a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise OptionError(f"{{device}}={_esc(repr(name))} is not a device; use auto, cpu, cuda, cuda:<index> or mps",
+                          "device") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,6 +340,8 @@ def from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
     kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except OptionError as err:  # a range or choice checked by the dataclass itself
+        raise ConfigError(err.render(path)) from None
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{path}: {err}") from None
 
@@ -313,7 +411,10 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"{unknown[0]}: unknown top-level option; valid: {', '.join(sorted(scalars))}")
     hints = typing.get_type_hints(RunConfig)
     top = {k: _coerce(v, hints[k], k) for k, v in raw.items()}
-    run = RunConfig(agent=agent, trainer=trainer, logging=logging, dataset=dataset, env=env, **top)
+    try:
+        run = RunConfig(agent=agent, trainer=trainer, logging=logging, dataset=dataset, env=env, **top)
+    except OptionError as err:
+        raise ConfigError(err.render("")) from None
     validate(run)
     return run
 
@@ -321,29 +422,16 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
 def validate(run: RunConfig) -> None:
     """Cross-option checks, each naming the options involved."""
     t = run.trainer
-    _choice(t.mode, ("offline", "online", "finetune"), "trainer.mode")
-    _choice(run.logging.wandb_mode, ("offline", "online", "disabled"), "logging.wandb_mode")
     if t.mode == "offline" and run.dataset is None:
         raise ConfigError("trainer.mode=offline needs a dataset: add dataset=<name> (see conf/dataset/)")
     if t.mode == "finetune" and run.dataset is None:
         raise ConfigError("trainer.mode=finetune needs the dataset of the offline run: add dataset=<name>")
     if t.mode == "online" and run.env is None:
         raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
-    for key in ("total_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "utd_ratio"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
-    if t.checkpoint_every % t.log_every:
-        raise ConfigError(
-            f"trainer.checkpoint_every ({t.checkpoint_every}) must be a multiple of trainer.log_every ({t.log_every})"
-        )
-    if t.keep_checkpoints < 1:
-        raise ConfigError("trainer.keep_checkpoints must be >= 1")
+    # numeric ranges and string choices of the trainer, dataset, env, logging and run options are checked by
+    # their dataclasses (__post_init__) as they are built; the learners' and regularizers' configs check theirs
     if run.env is not None and run.env.id is None:
         raise ConfigError("env.id: missing; set the Gymnasium id (e.g. env.id=Hopper-v5)")
     if run.dataset is not None and run.dataset.env.id is None:
         raise ConfigError(f"dataset.env.id: missing for dataset {run.dataset.name!r}; set its evaluation env "
                           "(e.g. dataset.env.id=Hopper-v5)")
-    if run.dataset is not None:
-        _choice(run.dataset.source, ("d4rl_hdf5", "d4rl", "minari", "embedded", "rlreg"), "dataset.source")
-        _choice(run.dataset.verify, ("error", "warn", "off"), "dataset.verify")
-    _choice(t.warmup_policy, ("uniform", "agent"), "trainer.warmup_policy")

@@ -38,6 +38,7 @@ import torch
 from rlreg.config import load_env_config
 from rlreg.data.dataset import TransitionDataset
 from rlreg.data.errors import DatasetError
+from rlreg.errors import UserError, user_exit
 from rlreg.policies import ASSETS, collect_episodes, load_policy, policy_fn, sha256_file
 
 ENVS = ("hopper", "halfcheetah", "walker2d")  # names of conf/env/<name>.yaml
@@ -360,7 +361,8 @@ def _kv(args: Sequence[str], allowed: Sequence[str]) -> dict[str, str]:
     for a in args:
         key, sep, value = a.partition("=")
         if not sep or key not in allowed:
-            raise SystemExit(f"rlreg.datasets: argument {a!r}: expected key=value with key in {', '.join(allowed)}")
+            raise UserError(f"rlreg.datasets: argument {a!r}: expected key=value with key in {', '.join(allowed)}",
+                            hint="python -m rlreg.datasets --help lists the commands and their arguments")
         out[key] = value
     return out
 
@@ -392,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif cmd == "export":
             kv = _kv(rest, ["id", "out", "root"])
             if "id" not in kv or "out" not in kv:
-                raise SystemExit("rlreg.datasets export: needs id=rlreg/<env>/<level>-v0 out=<file.hdf5>")
+                raise UserError("rlreg.datasets export: needs id=rlreg/<env>/<level>-v0 out=<file.hdf5>")
             print(f"[rlreg] wrote {export_hdf5(kv['id'], Path(kv['out']), kv.get('root'))}")
         elif cmd == "summary":
             kv = _kv(rest, ["env", "level", "root", "json"])
@@ -409,9 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             kv = _kv(rest, ["run", "step", "name", "command"])
             replay_from_run(Path(kv["run"]), int(kv["step"]), kv["name"], kv.get("command"))
         else:
-            raise SystemExit(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
-    except DatasetError as err:
-        raise SystemExit(f"[rlreg] dataset error: {err}") from None
+            raise UserError(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
+    except UserError as err:  # one [rlreg] line and a hint, exit code 2 (README: "Faults and bad input")
+        raise user_exit(err) from None
 
 
 def replay_from_run(run_dir: Path, step: int, name: str, command: str | None = None) -> Path:

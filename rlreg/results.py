@@ -10,7 +10,8 @@ through the ``rlreg_job.json`` files :class:`SweepManifest` writes) or any folde
 - ``results.csv`` (one row per agent x dataset x budget) and ``runs.csv`` (one row per run);
 - ``curves_<dataset>.png``: learning curves (mean +- std over seeds) of each agent on that dataset.
 
-The std is numpy's default population std (ddof=0). Online runs show their environment id as dataset.
+The std is numpy's default population std (ddof=0). Runs are named as :mod:`rlreg.runs` names them: online
+runs show their environment id as dataset, fine-tuning runs ``<dataset>-finetune``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any, Iterable, Sequence
 
 from hydra.experimental.callback import Callback
 
+from rlreg.checkpoint import latest_checkpoint
+from rlreg.runs import derive_run_dir, run_name, task_name
 from rlreg.names import display_name  # tables and legends name agents as people do (TD3+BC, PRDC+SPOT)
 
 MANIFEST = "rlreg_job.json"
@@ -54,7 +57,10 @@ class SweepManifest(Callback):
             "attempt": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         }
         try:
-            info["run_dir"] = str(_run_dir_of(config))
+            run = _run_config_of(config)
+            # what the run is, so that a job failing before its run directory exists (bad data) is still counted
+            info.update(run_dir=str(derive_run_dir(run).resolve()), run_name=run_name(run), task=task_name(run),
+                        seed=run.seed, budget=run.trainer.total_steps)
         except Exception as err:  # a bad config fails again in the task; keep what the job was
             info["run_dir"] = None
             info["error"] = f"{type(err).__name__}: {err}"
@@ -72,7 +78,10 @@ class SweepManifest(Callback):
         else:
             err = getattr(job_return, "_return_value", None)
             info["status"] = "failed"
-            info["error"] = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+            if type(err).__name__ == "SweepJobError":  # rlreg.train: a user error, its message names its class
+                info["error"] = str(err)
+            else:
+                info["error"] = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
         _write_manifest(config, info)
 
 
@@ -92,11 +101,10 @@ def _slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def _run_dir_of(config: Any) -> Path:
+def _run_config_of(config: Any) -> Any:
     from omegaconf import OmegaConf
 
     from rlreg.config import to_run_config
-    from rlreg.trainers.common import derive_run_dir
 
     # resolved inside the full config, as the task sees it (interpolations may refer to hydra's nodes)
     container: dict[str, Any] = {}
@@ -104,7 +112,7 @@ def _run_dir_of(config: Any) -> Path:
         if key != "hydra":
             node = config[key]
             container[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    return derive_run_dir(to_run_config(container)).resolve()
+    return to_run_config(container)
 
 
 def _write_manifest(config: Any, info: dict[str, Any]) -> None:
@@ -135,19 +143,6 @@ class RunRecord:
     note: str = ""
 
 
-def _run_name(cfg: dict[str, Any]) -> str:
-    agent = cfg.get("agent") or {}
-    regs = "+".join(agent.get("regularizers") or {})
-    name = str(agent.get("name", "?")) + (f"-{regs}" if regs else "")
-    return name + (f"_{cfg['tag']}" if cfg.get("tag") else "")
-
-
-def _task_name(cfg: dict[str, Any]) -> str:
-    if (cfg.get("trainer") or {}).get("mode", "offline") == "offline" and cfg.get("dataset"):
-        return str(cfg["dataset"]["name"])
-    return str((cfg.get("env") or {}).get("id", "?"))
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
@@ -160,9 +155,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _last_checkpoint_step(run_dir: Path) -> int:
-    names = (p.name for p in (run_dir / "checkpoints").glob("ckpt_*.pt"))
-    steps = [int(m.group(1)) for name in names if (m := re.match(r"ckpt_(\d+)\.pt$", name))]
-    return max(steps, default=0)
+    last = latest_checkpoint(run_dir)
+    return int(last.name[len("ckpt_"):-len(".pt")]) if last is not None else 0
 
 
 def read_run(run_dir: Path, job: dict[str, Any] | None = None) -> RunRecord:
@@ -182,8 +176,8 @@ def read_run(run_dir: Path, job: dict[str, Any] | None = None) -> RunRecord:
         finished = False  # summary of an earlier, shorter budget
     rec = RunRecord(
         run_dir=run_dir,
-        agent=_run_name(cfg),
-        dataset=_task_name(cfg),
+        agent=run_name(cfg),
+        dataset=task_name(cfg),
         seed=cfg.get("seed"),
         budget=budget,
         step=step,
@@ -246,10 +240,10 @@ def collect_runs(paths: Sequence[Path]) -> list[RunRecord]:
                 orphans.append(
                     RunRecord(
                         run_dir=Path(run_dir) if run_dir else path.parent,
-                        agent=" ".join(info.get("overrides", [])) or "?",
-                        dataset="?",
-                        seed=None,
-                        budget=None,
+                        agent=info.get("run_name") or " ".join(info.get("overrides", [])) or "?",
+                        dataset=info.get("task") or "?",
+                        seed=info.get("seed"),
+                        budget=info.get("budget"),
                         step=0,
                         status="failed"
                         if info.get("status") == "failed" or (info.get("status") == "started" and info.get("error"))

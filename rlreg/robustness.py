@@ -3,11 +3,12 @@
     python -m rlreg.robustness <run_dir> [<run_dir> ...] --eps 0 0.05 0.1 0.15 0.2 \\
         --attack random action_diff min_Q [--episodes 10] [--attacker-run <run_dir>] [--summary <dir>]
 
-The agent is rebuilt from ``<run_dir>/config.json`` and its latest checkpoint (``--checkpoint`` for
-another). At every step of an evaluation episode the observation ``s`` is replaced by
-``s + delta`` with ``|delta_k| <= eps * sd_k`` (an L-infinity box of ``eps`` dataset standard
-deviations, as in YangRui2015/RORL ``attackers/attacker.py``) before the deterministic policy acts; the
-environment itself is never changed. Attack modes (``eps`` and the box are the same for all):
+The agent is rebuilt from ``<run_dir>/config.json`` and its newest checkpoint that loads (a newer one that
+is truncated or corrupt is skipped, saying why; ``--checkpoint`` for another). At every step of an
+evaluation episode the observation ``s`` is replaced by ``s + delta`` with ``|delta_k| <= eps * sd_k``
+(an L-infinity box of ``eps`` dataset standard deviations, as in YangRui2015/RORL
+``attackers/attacker.py``) before the deterministic policy acts; the environment itself is never changed.
+Attack modes (``eps`` and the box are the same for all):
 
 * ``random``: one uniform draw in the box per step.
 * ``action_diff``: 50 uniform candidates (shared by the parallel episodes), keep the one that changes
@@ -26,9 +27,15 @@ freshly created Adam of learning rate ``0.1 * eps`` in raw units, which is a sig
 here the step is ``0.1 * eps`` in the normalised units of the box (i.e. ``0.1 * eps * sd`` raw) so it
 matches the box on every dimension. ``--samples``/``--grad-steps``/``--step-size`` override the counts.
 
-The scale ``sd`` (``--std``, default ``auto``): the observation std stored in the checkpoint (agents that
-normalise their buffer, ``sd + 1e-3``), else the std of the networks' input normaliser (RORL, ``sd +
-1e-6``), else the std of the run's dataset (loaded again; e.g. SAC-N, which does not normalise), else,
+Discrete agents (DecQN, REValueD: greedy bins) are attacked the same way: ``action_diff`` measures the squared
+distance of the greedy actions' env values, ``min_Q`` uses ``Q(s, a) = mean_i U_i(s, a_i)`` (ensemble mean). An
+argmax has no gradient, so the gradient steps of ``*_first_order``/``*_mixed_order`` follow differentiable
+stand-ins -- the margin of the best other bin over the clean greedy bin (``action_diff``) and the Q of the greedy
+action at the perturbed input (``min_Q``) -- while the final pick among the candidates uses the real objectives.
+
+The scale ``sd`` (``--std``, default ``auto``): the std of the learner's state normaliser, stored with the
+checkpoint (agents trained on normalised states: ``sd + 1e-3``, RORL ``sd + 1e-6``), else the std of the
+run's dataset (loaded again; e.g. SAC-N, which does not normalise), else,
 for online runs, the std of the replay buffer stored in the checkpoint, else 1 (raw units). Fine-tuned
 runs (``trainer.mode=finetune``) are evaluated in their dataset's env like offline ones. ``--std``
 forces one source; ``--std-file`` gives the std as a ``.npy`` or JSON list. Online agents have no
@@ -48,6 +55,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,13 +64,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlreg import runs
 from rlreg.agents import build_agent
-from rlreg.checkpoint import latest_checkpoint, load_checkpoint
-from rlreg.config import AgentConfig, EnvConfig, RunConfig, to_run_config
+from rlreg.config import AgentConfig, EnvConfig, RunConfig
 from rlreg.envs import env_setup, env_spaces, evaluate, normalized_score
 from rlreg.learners.base import Learner
 from rlreg.nets import TanhGaussianActor
 from rlreg.regularizers.rorl import symmetric_kl
+from rlreg.runs import run_config_from_dir, run_name, task_name  # noqa: F401  (run_config_from_dir: public here too)
 
 
 @dataclass(frozen=True)
@@ -82,24 +91,12 @@ ATTACKS: dict[str, AttackMode] = {
     "action_diff_mixed_order": AttackMode("action_diff", 20, 10),
     "min_Q_mixed_order": AttackMode("min_Q", 20, 10),
 }
-STD_SOURCES = ("auto", "checkpoint", "network", "dataset", "buffer", "ones")
+STD_SOURCES = ("auto", "checkpoint", "dataset", "buffer", "ones")
 
 
 # --------------------------------------------------------------------------------------------------
 # a trained agent from its run dir
 # --------------------------------------------------------------------------------------------------
-
-
-def run_config_from_dir(run_dir: Path) -> RunConfig:
-    """The :class:`RunConfig` stored in ``<run_dir>/config.json`` (written by the trainer)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json; is this a run directory written by rlreg.train?")
-    raw = json.loads(path.read_text())
-    agent = raw.pop("agent")
-    raw["agent"] = {"name": agent["name"], "learner": agent["learner"], **agent["learner_config"]}
-    raw["regularizer"] = agent["regularizers"]
-    return to_run_config(raw)
 
 
 def eval_env(run: RunConfig) -> EnvConfig:
@@ -127,49 +124,34 @@ class LoadedRun:
 
     @property
     def name(self) -> str:
-        from rlreg.trainers.common import run_name
-
-        return f"{run_name(self.run)}/{self.run.task_name}"
+        return f"{run_name(self.run)}/{task_name(self.run)}"
 
 
 def load_run(run_dir: Path | str, device: torch.device | str = "cpu", checkpoint: Path | None = None) -> LoadedRun:
     """Rebuild the learner of a run (without its regularizers: acting and the critics need none) and load
-    its networks from the latest (or the given) checkpoint. All parameters are frozen, eval mode."""
+    its networks from the newest checkpoint that loads (or the given one; a newer checkpoint that does not
+    load is skipped with a note saying why). All parameters are frozen, eval mode."""
     run_dir = Path(run_dir)
     device = torch.device(device)
-    run = run_config_from_dir(run_dir)
-    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
-    state = load_checkpoint(ckpt, map_location=device)
-    bare = AgentConfig(run.agent.name, run.agent.learner, run.agent.learner_config, regularizers={})
-    learner = build_agent(bare, env_setup(eval_env(run), device, seed=run.seed))
-    networks = state["learner"]["networks"]
-    # input normalisers set at bind time (RORL) hold no buffers until given statistics: make room
-    for key, value in networks.items():
-        module_name, _, attr = key.rpartition(".")
-        if module_name.endswith("obs_normalizer") and attr in ("mean", "std"):
-            module = learner.get_submodule(module_name)
-            if getattr(module, attr) is None:
-                setattr(module, attr, torch.empty_like(value))
-    missing, _ = learner.load_state_dict(networks, strict=False)  # extra keys: parts added by regularizers
-    if missing:
-        raise RuntimeError(f"{ckpt}: the checkpoint lacks {missing[:3]} of the rebuilt {run.agent.name} learner")
-    learner.eval()
-    learner.requires_grad_(False)
+    stored = runs.load_run(run_dir, map_location=device, checkpoint=checkpoint)
+    for bad in stored.skipped:
+        print(f"[rlreg] skipped checkpoint {bad}; using {stored.checkpoint}", file=sys.stderr, flush=True)
+    run, ckpt, state = stored.run, stored.checkpoint, stored.state
 
     def arr(x: Any) -> np.ndarray | None:
         return None if x is None else torch.as_tensor(x).detach().cpu().numpy().astype(np.float32)
 
+    bare = AgentConfig(run.agent.name, run.agent.learner, run.agent.learner_config, regularizers={})
+    # the trainer's state normalisation, as stored with the run: the learner's state normaliser applies it
+    setup = env_setup(eval_env(run), device, seed=run.seed, obs_mean=arr(state.get("obs_mean")),
+                      obs_std=arr(state.get("obs_std")))
+    learner = build_agent(bare, setup)
+    missing, _ = learner.load_state_dict(state["learner"]["networks"], strict=False)  # extra: regularizers' parts
+    if missing:
+        raise RuntimeError(f"{ckpt}: the checkpoint lacks {missing[:3]} of the rebuilt {run.agent.name} learner")
+    learner.eval()
+    learner.requires_grad_(False)
     return LoadedRun(run_dir, run, learner, ckpt, state, arr(state.get("obs_mean")), arr(state.get("obs_std")))
-
-
-def _network_std(learner: Learner) -> np.ndarray | None:
-    for attr in ("actor", "critic"):
-        norm = getattr(getattr(learner, attr, None), "obs_normalizer", None)
-        if norm is not None and norm.active:
-            return norm.std.detach().cpu().numpy().astype(np.float32)
-    return None
 
 
 def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = None) -> tuple[np.ndarray, str]:
@@ -185,14 +167,9 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
     if source not in STD_SOURCES:
         raise ValueError(f"--std {source!r} is unknown; choose from {', '.join(STD_SOURCES)}")
 
-    def from_checkpoint() -> np.ndarray | None:
-        return loaded.obs_std
-
-    def from_network() -> np.ndarray | None:
-        std = _network_std(loaded.learner)
-        if std is not None and loaded.obs_std is not None:  # normaliser applied after the buffer's
-            std = std * loaded.obs_std
-        return std
+    def from_checkpoint() -> np.ndarray | None:  # what the learner's state normaliser divides by
+        norm = loaded.learner.state_normalizer
+        return norm.std.detach().cpu().numpy().astype(np.float32) if norm.active else None
 
     def from_dataset() -> np.ndarray | None:
         if loaded.run.dataset is None or loaded.run.trainer.mode == "online":
@@ -212,8 +189,8 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
             std = std * loaded.obs_std
         return std
 
-    finders = {"checkpoint": from_checkpoint, "network": from_network, "dataset": from_dataset, "buffer": from_buffer}
-    order = ["checkpoint", "network", "dataset", "buffer"] if source == "auto" else [source] if source != "ones" else []
+    finders = {"checkpoint": from_checkpoint, "dataset": from_dataset, "buffer": from_buffer}
+    order = ["checkpoint", "dataset", "buffer"] if source == "auto" else [source] if source != "ones" else []
     for name in order:
         std = finders[name]()
         if std is not None:
@@ -228,8 +205,17 @@ def attack_std(loaded: LoadedRun, source: str = "auto", std_file: Path | None = 
 # --------------------------------------------------------------------------------------------------
 
 
+def is_discrete(learner: Learner) -> bool:
+    """A learner acting in discretised bins (DecQN, REValueD): its greedy action is an argmax."""
+    spec = getattr(learner, "action_spec", None)
+    return bool(spec is not None and spec.is_discrete)
+
+
 def policy_action(learner: Learner, x: Tensor) -> Tensor:
-    """Deterministic action, differentiable with respect to ``x`` (SAC: ``tanh(mean)``; TD3: ``pi(x)``)."""
+    """Deterministic action, differentiable with respect to ``x`` (SAC: ``tanh(mean)``; TD3: ``pi(x)``); the
+    greedy bins of a discrete learner (piecewise constant in ``x``)."""
+    if is_discrete(learner):
+        return learner.act(x, deterministic=True)
     actor = getattr(learner, "actor", None)
     if isinstance(actor, TanhGaussianActor):
         return actor(x, deterministic=True, with_log_prob=False)[0]
@@ -241,12 +227,33 @@ def policy_action(learner: Learner, x: Tensor) -> Tensor:
 def policy_divergence(learner: Learner, x: Tensor, x_hat: Tensor) -> Tensor:
     """Per-row change of the policy from ``x`` to ``x_hat``: symmetric KL of the pre-tanh Gaussians
     (as the official ``action_diff``) or, for deterministic policies, the squared action distance."""
+    if is_discrete(learner):
+        return discrete_policy_change(learner, x, x_hat)
     actor = getattr(learner, "actor", None)
     if isinstance(actor, TanhGaussianActor):
         m, ls = actor.dist_params(x)
         m_hat, ls_hat = actor.dist_params(x_hat)
         return symmetric_kl(m, ls, m_hat, ls_hat)
     return (policy_action(learner, x) - policy_action(learner, x_hat)).square().sum(-1)
+
+
+def discrete_policy_change(learner: Learner, x: Tensor, x_hat: Tensor) -> Tensor:
+    """How much a discrete learner's greedy action moves from ``x`` to ``x_hat``. Without gradient: the squared
+    distance of the two greedy actions' env values (as for deterministic policies). With gradient (the
+    gradient-based attacks; an argmax has none): the mean over dimensions of the margin by which the best other
+    bin beats the clean greedy bin in the greedy utilities at ``x_hat`` (positive once that dimension's action
+    changed), which is differentiable in ``x_hat``."""
+    spec = learner.action_spec
+    clean = learner.act(x, deterministic=True)
+    if not (torch.is_grad_enabled() and x_hat.requires_grad):
+        values = spec.values().to(x.device)
+        dims = torch.arange(spec.dim, device=x.device)
+        moved = values[dims, learner.act(x_hat, deterministic=True)] - values[dims, clean]
+        return moved.square().sum(-1)
+    u = learner.greedy_utilities(x_hat)  # (B, N, n_max), padded bins -inf
+    taken = u.gather(-1, clean.unsqueeze(-1)).squeeze(-1)
+    others = u.scatter(-1, clean.unsqueeze(-1), float("-inf")).max(dim=-1).values
+    return (others - taken).mean(dim=-1)
 
 
 class QFunction:
@@ -257,6 +264,7 @@ class QFunction:
         if critic is None:
             raise ValueError(f"{loaded.run_dir}: the agent has no critic; min_Q attacks need one")
         self.critic = critic
+        self.learner, self.discrete = loaded.learner, is_discrete(loaded.learner)
         device = next(critic.parameters()).device
         t = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
         victim = victim or loaded
@@ -268,6 +276,8 @@ class QFunction:
         if not self.same:
             raw = x if self.v_mean is None else x * self.v_std + self.v_mean
             x = raw if self.a_mean is None else (raw - self.a_mean) / self.a_std
+        if self.discrete:  # Q_k(s, a) = mean_i U_{k,i}(s, a_i) of the bins a
+            return self.learner.q_values(x, action).mean(dim=0)
         return self.critic(x, action).mean(dim=0)
 
 
@@ -315,6 +325,10 @@ class ObservationAttack:
         x_hat = x + delta * self.scale
         if self.objective == "min_Q":
             assert self.q_fn is not None
+            if delta.requires_grad and is_discrete(self.learner):
+                # a greedy (argmax) action has no gradient: the gradient steps descend the Q of the greedy action
+                # at the perturbed input; the final pick among the candidates uses Q(s, a*(s + delta)) as above
+                return self.q_fn(x_hat, policy_action(self.learner, x_hat))
             return self.q_fn(x, policy_action(self.learner, x_hat))
         return -policy_divergence(self.learner, x, x_hat)
 
@@ -408,7 +422,10 @@ def evaluate_run(loaded: LoadedRun, opts: Options, attacker: LoadedRun | None = 
                                        samples=opts.samples, grad_steps=opts.grad_steps, step_size=opts.step_size)
 
             def policy(x: Tensor, attack: ObservationAttack = attack) -> Tensor:
-                return loaded.learner.act(attack(x), deterministic=True)
+                action = loaded.learner.act(attack(x), deterministic=True)
+                if is_discrete(loaded.learner):  # bins -> env values
+                    return torch.from_numpy(loaded.learner.action_spec.to_env(action))
+                return action
 
             res = evaluate(policy, env, episodes=episodes, seed=loaded.run.seed + t.eval_seed_offset, device=device,
                            obs_mean=loaded.obs_mean, obs_std=loaded.obs_std)
@@ -561,5 +578,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return all_rows
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` with the exit codes of the README: a user error is one ``[rlreg]`` line and a hint, exit 2."""
+    from rlreg.errors import EXIT_USER_ERROR, UserError, report_user_error
+
+    try:
+        main(argv)
+    except UserError as err:
+        report_user_error(err)
+        return EXIT_USER_ERROR
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

@@ -1,4 +1,5 @@
-"""Gradient updates per second per agent on synthetic data (obs 17, act 6, batch 256, 1M-row dataset).
+"""Gradient updates per second per agent on synthetic data (obs 17, act 6, batch 256, 1M-row dataset; DecQN and
+REValueD: the same rows with random bin indices as actions, at their default bins per dimension).
 
     python scripts/bench_updates.py                      # all agents, CPU (and CUDA when present)
     python scripts/bench_updates.py --agents td3bc sacn --devices cpu --seconds 20
@@ -13,6 +14,7 @@ with this machine's float32 matmul rate (a 256x256x256 matmul loop), giving the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -75,8 +77,15 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
     from conftest import compose
 
     run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
-    buffer = OfflineBuffer(data, device=device)
-    learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
+    if run.agent.learner == "decqn":  # DecQN / REValueD: the same rows with bin indices as actions
+        learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device))
+        bins = np.asarray(learner.action_spec.bins)
+        actions = np.random.default_rng(1).integers(0, bins, (len(data), bins.size))
+        buffer = OfflineBuffer(dataclasses.replace(data, actions=actions), device=device,
+                               gamma=run.agent.learner_config.gamma ** run.agent.learner_config.n_step)
+    else:
+        buffer = OfflineBuffer(data, device=device)
+        learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i: int) -> None:

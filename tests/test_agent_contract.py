@@ -30,6 +30,7 @@ ONLINE = ["env=pendulum", "trainer.warmup_steps=5", "trainer.buffer_size=1000"]
 
 # Per-agent overrides that shrink networks, ensembles and pre-training phases to a tiny budget.
 SMALL_NETS = ["agent.actor_hidden=[16,16]", "agent.critic_hidden=[16,16]"]
+SMALL_NETS_BY_LEARNER: dict[str, list[str]] = {"decqn": ["agent.hidden=16"]}
 PER_AGENT: dict[str, list[str]] = {
     "spot": ["regularizer.spot.pretrain_steps=8"],
     "sacn": ["agent.num_critics=3"],
@@ -45,6 +46,8 @@ PER_AGENT: dict[str, list[str]] = {
                        "agent.model.weight_decays=[2.5e-5,5e-5,1e-4]", "agent.model.max_epochs=3",
                        "agent.model_train_freq=10", "agent.epoch_length=10", "agent.rollout_batch_size=32",
                        "agent.lipschitz_probe=8"],
+    "decqn": ["trainer.update_every=2"],
+    "revalued": ["agent.ensemble_size=3"],
     "demoreg_sac": ["regularizer.demoreg.source=dataset", "regularizer.demoreg.num_episodes=2",
                     "regularizer.demoreg.bc_steps=8", "regularizer.demoreg.eval_every=4"],
 }
@@ -59,7 +62,7 @@ def overrides(agent: str, dataset: Path, tmp_path: Path) -> list[str]:
         extra += pendulum_offline_overrides(dataset)
     if run.trainer.mode == "online":
         extra += ONLINE
-    return [f"agent={agent}", *TINY, *SMALL_NETS, *extra]
+    return [f"agent={agent}", *TINY, *SMALL_NETS_BY_LEARNER.get(run.agent.learner, SMALL_NETS), *extra]
 
 
 @pytest.mark.parametrize("agent", AGENTS)

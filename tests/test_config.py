@@ -11,7 +11,7 @@ from rlreg.config import ConfigError, to_run_config
 from rlreg.learners.sac import SACConfig
 from rlreg.learners.td3 import TD3Config
 from rlreg.regularizers.bc import BCConfig
-from rlreg.trainers.common import check_same_run, config_to_dict, derive_run_dir
+from rlreg.runs import check_same_run, config_to_dict, derive_run_dir
 
 
 def test_default_is_td3bc_on_embedded_hopper(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_sweep_manifest_from_a_local_multirun(tmp_path: Path, pendulum_dataset: 
         "trainer.checkpoint_every=10", "trainer.batch_size=16", "agent.actor_hidden=[16]", "agent.critic_hidden=[16]",
         "threads=1", "logging.wandb_mode=disabled", "logging.progress_bar=false", f"run_root={tmp_path / 'runs'}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # this checkout's rlreg
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0 and "bad.hdf5" in proc.stderr  # hydra reports the failed job at the end
     (sweep,) = (tmp_path / "runs" / ".sweeps").iterdir()
     jobs = [json.loads((sweep / str(i) / MANIFEST).read_text()) for i in range(2)]
@@ -169,3 +171,36 @@ def test_sweep_manifest_from_a_local_multirun(tmp_path: Path, pendulum_dataset: 
         ("td3bc-bc_good", "1", "0"),
     ]
     assert "DatasetError" in (out / "results.md").read_text()
+
+
+def test_finetune_runs_of_two_datasets_are_two_rows(tmp_path: Path) -> None:
+    """Fine-tuning runs are named as the trainer names their run directories (rlreg.runs): one row per dataset,
+    not one row per env."""
+    root = tmp_path / "runs"
+    for dataset in ("hopper-medium-v2", "hopper-medium-replay-v2"):
+        for seed in (0, 1):
+            run_dir = fake_run(root, "spot", f"{dataset}-finetune", seed, 100, [(100, 50.0 + seed, 500.0)], True,
+                               ("spot",))
+            cfg = json.loads((run_dir / "config.json").read_text())
+            cfg["trainer"]["mode"] = "finetune"
+            cfg["dataset"] = {"name": dataset, "env": {"id": "Hopper-v5"}}
+            cfg["env"] = {"id": "Hopper-v5"}
+            (run_dir / "config.json").write_text(json.dumps(cfg))
+    rows = summarize([root], tmp_path / "out", plots=False)["rows"]
+    assert [(r.agent, r.dataset, len(r.seeds)) for r in rows] == [
+        ("spot-spot", "hopper-medium-replay-v2-finetune", 2),
+        ("spot-spot", "hopper-medium-v2-finetune", 2),
+    ]
+
+
+def test_results_and_trainers_name_runs_alike(tmp_path: Path) -> None:
+    from conftest import run_config
+
+    from rlreg.runs import config_to_dict, derive_run_dir, run_name, task_name
+
+    for overrides in ([], ["agent=sac", "env=pendulum", "tag=x"], ["agent=spot", "trainer=finetune",
+                                                                    "dataset=hopper-medium-replay-v2"]):
+        run = run_config(overrides, tmp_path)
+        stored = config_to_dict(run)
+        assert (run_name(stored), task_name(stored)) == (run_name(run), task_name(run))
+        assert derive_run_dir(run).parts[-3:-1] == (run_name(stored), task_name(stored))

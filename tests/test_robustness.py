@@ -123,8 +123,8 @@ def test_cli_on_offline_runs_writes_table_plot_and_summary(tmp_path: Path, pendu
                  "action_diff_mixed_order", "--episodes", "2", "--grad-steps", "2", "--samples", "4",
                  "--summary", str(tmp_path / "summary")])
     assert len(rows) == 3 * 3 * 2
-    # RORL normalises inside its networks, SAC-N not at all, TD3+BC normalises its buffer
-    for run_dir, source in ((rorl_dir, "network"), (sacn_dir, "dataset"), (td3bc_dir, "checkpoint")):
+    # RORL and TD3+BC train on normalised states (the learner's state normaliser), SAC-N on raw ones
+    for run_dir, source in ((rorl_dir, "checkpoint"), (sacn_dir, "dataset"), (td3bc_dir, "checkpoint")):
         table = read(run_dir / "robustness.csv")
         assert len(table) == 6 and {r["std_source"] for r in table} == {source}
         clean = {r["return_mean"] for r in table if float(r["eps"]) == 0.0}

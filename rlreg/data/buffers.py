@@ -128,9 +128,9 @@ class ReplayBuffer:
         self.not_done = torch.zeros(capacity, device=self.device)
         self.discounts = torch.zeros(capacity, device=self.device)
         self.gamma = float(gamma)
-        if n_step != 1:
-            raise ValueError(f"ReplayBuffer: n_step={n_step} is not supported yet (1 only)")
         self.n_step = int(n_step)
+        # n > 1: rows are written once their n rewards are in (or the episode ended): NStepWriter below
+        self.writer = NStepWriter(self.gamma, self.n_step) if self.n_step > 1 else None
         self.ptr = 0
         self.size = 0
 
@@ -166,7 +166,15 @@ class ReplayBuffer:
         a = self._rows(self._t(action, self.action_dtype), n, (self.act_dim,), "action")
         r = self._rows(self._t(reward, torch.float32), n, (), "reward")
         nd = 1.0 - self._rows(self._t(terminated, torch.float32), n, (), "terminated")
-        self._write(o, a, r, no, nd, nd * self.gamma)
+        if self.writer is None:
+            self._write(o, a, r, no, nd, nd * self.gamma)
+            return
+        if n != 1:
+            raise ValueError(f"ReplayBuffer.add: with n_step={self.n_step} add one transition at a time (got {n})")
+        rows = self.writer.push(o[0], a[0], float(r[0]), no[0], bool(nd[0] == 0), bool(truncated))
+        if rows is not None:
+            obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
+            self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
 
     def _write(self, o: Tensor, a: Tensor, r: Tensor, no: Tensor, nd: Tensor, disc: Tensor) -> None:
         """Store finished rows (their rewards and discounts already summed over their k steps)."""
@@ -197,7 +205,8 @@ class ReplayBuffer:
 
     def resized(self, capacity: int) -> "ReplayBuffer":
         """A new buffer of ``capacity`` rows holding this one's newest ``min(size, capacity)`` rows in insertion
-        order (MBPO reallocates its model buffer whenever the rollout length changes, keeping the data)."""
+        order (MBPO reallocates its model buffer whenever the rollout length changes, keeping the data). Only
+        finished rows move: an n-step writer's pending transitions are not carried over."""
         new = ReplayBuffer(capacity, self.obs_dim, self.act_dim, device=self.device, action_dtype=self.action_dtype,
                            gamma=self.gamma, n_step=self.n_step)
         order = torch.arange(self.size, device=self.device)
@@ -208,16 +217,21 @@ class ReplayBuffer:
         new._write(*rows)
         return new
 
-    def state_dict(self) -> dict[str, Tensor | int]:
-        """Filled rows (CPU copies) + ``ptr``/``size``/``capacity``; loadable with ``weights_only=True``."""
+    def state_dict(self) -> dict[str, Any]:
+        """Filled rows (CPU copies) + ``ptr``/``size``/``capacity`` (+ the n-step writer's pending transitions);
+        loadable with ``weights_only=True``."""
         n = self.size
-        state: dict[str, Tensor | int] = {"ptr": self.ptr, "size": n, "capacity": self._capacity}
+        state: dict[str, Any] = {"ptr": self.ptr, "size": n, "capacity": self._capacity}
         for key in BUFFER_ROWS:
             state[key] = getattr(self, key)[:n].detach().to("cpu", copy=True)
+        if self.writer is not None:
+            state["nstep_pending"] = self.writer.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` from a buffer of the same capacity and dims."""
+        if self.writer is not None:
+            self.writer.load_state_dict(state.get("nstep_pending", {"count": 0}), self.device)
         size, ptr, cap = int(state["size"]), int(state["ptr"]), int(state["capacity"])
         if cap != self._capacity:
             raise ValueError(f"ReplayBuffer.load_state_dict: saved capacity {cap} != this buffer's {self._capacity}")
@@ -256,3 +270,84 @@ class MixedSampler:
         a = self.first.sample(n_first, generator)
         b = self.second.sample(n_second, generator)
         return Batch(*(torch.cat([x, y], dim=0) for x, y in zip(a, b)))
+
+
+class NStepWriter:
+    """Turns one-step transitions into ``n``-step ones (DecQN / REValueD, docs/agents/revalued.md): the row written for time ``t`` holds
+    ``R = sum_{j<k} gamma^j r_{t+j}``, the observation after those ``k`` rewards and ``discount = gamma^k (1 -
+    terminated)``, with ``k = n`` inside an episode and ``k < n`` for the last rows of an episode.
+
+    The last ``n - 1`` transitions of an episode are flushed when it ends: on a termination without bootstrap
+    (``discount = 0``), on a truncation with it (``discount = gamma^k``), unlike the official REValueD trainer,
+    which drops them on truncation (davidireland3/REValueD@2e811a5 ``revalued/trainers/trainer.py``). The pending transitions are part of :meth:`state_dict`, so a resumed run writes the same rows.
+    """
+
+    def __init__(self, gamma: float, n_step: int) -> None:
+        if n_step < 1:
+            raise ValueError(f"NStepWriter: n_step must be >= 1, got {n_step}")
+        self.gamma = float(gamma)
+        self.n_step = int(n_step)
+        self._obs: list[Tensor] = []
+        self._actions: list[Tensor] = []
+        self._rewards: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._rewards)
+
+    def _rows(self, count: int, next_obs: Tensor, terminated: bool) -> tuple[Tensor, ...]:
+        """Rows for the first ``count`` pending transitions, all ending at ``next_obs``; pops them."""
+        obs, actions, returns, discounts = [], [], [], []
+        for i in range(count):
+            k = len(self._rewards) - i
+            ret = 0.0
+            for j in range(k):
+                ret += self.gamma ** j * self._rewards[i + j]
+            obs.append(self._obs[i])
+            actions.append(self._actions[i])
+            returns.append(ret)
+            discounts.append(0.0 if terminated else self.gamma ** k)
+        del self._obs[:count], self._actions[:count], self._rewards[:count]
+        device = next_obs.device
+        return (
+            torch.stack(obs),
+            torch.stack(actions),
+            torch.tensor(returns, dtype=torch.float32, device=device),
+            next_obs.unsqueeze(0).expand(count, *next_obs.shape),
+            torch.full((count,), float(terminated), device=device),
+            torch.tensor(discounts, dtype=torch.float32, device=device),
+        )
+
+    def push(
+        self, obs: Tensor, action: Tensor, reward: float, next_obs: Tensor, terminated: bool, truncated: bool
+    ) -> tuple[Tensor, ...] | None:
+        """Add one transition; returns the rows ready to store ``(obs, actions, returns, next_obs, terminated,
+        discounts)`` (each with a leading row dim) or None."""
+        self._obs.append(obs)
+        self._actions.append(action)
+        self._rewards.append(float(reward))
+        if terminated or truncated:
+            return self._rows(len(self._rewards), next_obs, bool(terminated))
+        if len(self._rewards) == self.n_step:
+            return self._rows(1, next_obs, False)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self._rewards:
+            return {"count": 0}
+        return {
+            "count": len(self._rewards),
+            "obs": torch.stack(self._obs).detach().to("cpu", copy=True),
+            "actions": torch.stack(self._actions).detach().to("cpu", copy=True),
+            "rewards": torch.tensor(self._rewards, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        count = int(state.get("count", 0))
+        if count >= self.n_step:
+            raise ValueError(f"NStepWriter.load_state_dict: {count} pending transitions for n_step={self.n_step}")
+        if count == 0:
+            self._obs, self._actions, self._rewards = [], [], []
+            return
+        self._obs = list(state["obs"].to(device).unbind(0))
+        self._actions = list(state["actions"].to(device).unbind(0))
+        self._rewards = [float(r) for r in state["rewards"].tolist()]

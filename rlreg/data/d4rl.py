@@ -147,8 +147,8 @@ def _write_sidecar(path: Path, st: os.stat_result, sha: str) -> None:
 def verify_d4rl_file(path: str | os.PathLike, name: str | None = None, mode: str = "error") -> bool:
     """Check an official D4RL file's byte size and sha256 against the table.
 
-    The official row is looked up by the file's name, else by ``name``. Files with
-    unknown names pass unchecked. ``mode``: ``error`` raises, ``warn`` warns and
+    The official row is looked up by the file's name, else by ``name`` (the dataset id: a file given
+    by ``dataset.path`` for an official id is checked too). Files with unknown names pass unchecked. ``mode``: ``error`` raises, ``warn`` warns and
     returns False, ``off`` skips. A successful hash is cached in ``<path>.sha256ok``.
     """
     if mode not in VERIFY_MODES:
@@ -179,6 +179,11 @@ def verify_d4rl_file(path: str | os.PathLike, name: str | None = None, mode: str
         "The copy is corrupt, truncated or not the official file. Re-download it, or set "
         "`dataset.verify=warn` (continue with a warning) or `dataset.verify=off` (skip the check)."
     )
+    if official_file_info(p.name) is None:  # checked because of the dataset id, not the file name
+        msg += (
+            f" If {p.name} is your own data, train on it with {info['id']}'s env and reference scores under a name "
+            f"of its own: dataset={info['id']} dataset.path={p} dataset.verify=off dataset.name=<your name>."
+        )
     if mode == "warn":
         warnings.warn(msg, stacklevel=2)
         return False
@@ -235,6 +240,13 @@ def read_d4rl_hdf5(path: str | os.PathLike, max_episode_steps: int = 1000) -> di
                 arr = arr[:, 0]
             if arr.ndim != 1:
                 raise DatasetError(f"{p}: key '{key}' has shape {arr.shape}; expected (N,) or (N, 1)")
+            if key != "rewards" and arr.dtype != bool:
+                bad = np.flatnonzero((arr != 0) & (arr != 1))
+                if bad.size:
+                    raise DatasetError(
+                        f"{p}: key '{key}' has {bad.size} value(s) other than 0/1 (first at row {int(bad[0])}: "
+                        f"{arr[bad[0]]!r}); expected flags"
+                    )
             data[key] = arr.astype(bool) if key != "rewards" else arr
     if "timeouts" not in data:
         data["timeouts"] = _synth_timeouts(data["terminals"], max_episode_steps)

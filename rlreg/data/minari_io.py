@@ -45,7 +45,7 @@ def load_minari(dataset_id: str, data_path: str | os.PathLike | None = None) -> 
 
     with _datasets_path(data_path):
         where = get_dataset_path(dataset_id)
-        root_src = "dataset.data_path" if data_path is not None else (
+        root_src = "dataset.path" if data_path is not None else (
             "$MINARI_DATASETS_PATH" if "MINARI_DATASETS_PATH" in os.environ else "default ~/.minari/datasets"
         )
         try:
@@ -55,7 +55,7 @@ def load_minari(dataset_id: str, data_path: str | os.PathLike | None = None) -> 
                 f"Minari dataset {dataset_id!r} not found locally: looked in {where} (root from {root_src}). "
                 "Remote download is disabled. Create it locally (rlreg.data.create_minari_dataset or "
                 f"minari.DataCollector), copy it to {where}, or download it on a machine with internet access "
-                f"(`minari download {dataset_id}`) and point `dataset.data_path` / $MINARI_DATASETS_PATH at that root."
+                f"(`minari download {dataset_id}`) and point `dataset.path` (or $MINARI_DATASETS_PATH) at that root."
             ) from e
         except ValueError as e:  # malformed id or unsupported dataset version
             raise DatasetError(f"Minari dataset {dataset_id!r} (looked in {where}) could not be loaded: {e}") from e

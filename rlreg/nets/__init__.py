@@ -1,10 +1,11 @@
 """Network building blocks for rlreg agents (see layers / critics / actors / vae)."""
 from .actors import ACTOR_INITS, DeterministicActor, TanhGaussianActor, gaussian_kl
-from .critics import CRITIC_INITS, EnsembleCritic
+from .critics import CRITIC_INITS, DecoupledQEnsemble, EnsembleCritic
 from .layers import (
     EnsembleLayerNorm,
     EnsembleLinear,
     EnsembleMLP,
+    EnsembleResidualBlock,
     ObsNormalizer,
     RunningNormalizer,
     hard_update_,
@@ -21,6 +22,7 @@ __all__ = [
     "EnsembleLinear",
     "EnsembleLayerNorm",
     "EnsembleMLP",
+    "EnsembleResidualBlock",
     "polyak_update_",
     "hard_update_",
     "init_last_layer_uniform_",
@@ -29,6 +31,7 @@ __all__ = [
     "ObsNormalizer",
     "RunningNormalizer",
     "EnsembleCritic",
+    "DecoupledQEnsemble",
     "CRITIC_INITS",
     "DeterministicActor",
     "TanhGaussianActor",

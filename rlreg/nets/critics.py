@@ -7,9 +7,20 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import EnsembleMLP, ObsNormalizer, init_bias_, init_last_layer_uniform_, init_weight_fan_out_
+import torch.nn.functional as F
 
-__all__ = ["EnsembleCritic", "CRITIC_INITS"]
+from .layers import (
+    EnsembleLayerNorm,
+    EnsembleLinear,
+    EnsembleMLP,
+    EnsembleResidualBlock,
+    ObsNormalizer,
+    init_bias_,
+    init_last_layer_uniform_,
+    init_weight_fan_out_,
+)
+
+__all__ = ["EnsembleCritic", "CRITIC_INITS", "DecoupledQEnsemble", "DECOUPLED_ARCHS"]
 
 CRITIC_INITS = ("pytorch", "corl", "rlkit", "xavier")
 
@@ -104,3 +115,64 @@ class EnsembleCritic(nn.Module):
         (BEER's feature map, docs/agents/beer.md)."""
         q, phi = self.net(self._inputs(obs, action), members, return_features=True)
         return q.squeeze(-1), phi
+
+
+DECOUPLED_ARCHS = ("acme", "revalued")
+
+
+class DecoupledQEnsemble(nn.Module):
+    """``K`` value-decomposition critics (DecQN / REValueD, docs/agents/revalued.md) as one batched module:
+    ``forward(s) -> U`` of shape ``(K, B, N, n_max)``, the utility ``U_{k,i}(s, b)`` of bin ``b`` of action
+    dimension ``i`` for member ``k``. ``Q_k(s, a) = mean_i U_{k,i}(s, a_i)``. Padded bins are not masked
+    here (the learner adds its action spec's mask).
+
+    Both architectures are ``Linear(d_s -> H)``, one residual block of two ``H x H`` layers, a LayerNorm
+    after the residual sum, and one linear head per dimension (all heads of a member are one
+    ``H -> N * n_max`` matmul, which is the same function as ``N`` separate ``H -> n_max`` heads):
+
+    * ``arch="acme"`` (DecQN, tseyde/decqn@2309e0b ``agents/dqn/networks.py`` with Acme's
+      ``LayerNormAndResidualMLP(H, num_blocks=1)``): ``h = LN(h0 + W2 relu(W1 h0))``, then ELU, then the
+      heads; weights ``U(+-sqrt(0.999 / fan_out))`` (VarianceScaling(0.333, fan_out, uniform)), zero biases;
+      LayerNorm per member (each DecQN critic is a separate network).
+    * ``arch="revalued"`` (davidireland3/REValueD@2e811a5 ``revalued/networks/q_networks.py``
+      ``EnsembleDecoupledQNetwork``): ``h = LN(h0 + relu(W2 relu(W1 h0)))``, no activation before the heads;
+      ``nn.Linear``-style ``U(+-1/sqrt(fan_in))`` weights and biases; ``shared_layer_norm=True`` uses ONE
+      LayerNorm module for all members, as the official code does.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_dims: int,
+        max_bins: int,
+        num_members: int = 2,
+        hidden: int = 512,
+        *,
+        arch: str = "acme",
+        shared_layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if arch not in DECOUPLED_ARCHS:
+            raise ValueError(f"unknown decoupled critic arch {arch!r}; choose from {DECOUPLED_ARCHS}")
+        self.obs_dim, self.num_dims, self.max_bins = obs_dim, num_dims, max_bins
+        self.num_members, self.hidden, self.arch = num_members, hidden, arch
+        self.shared_layer_norm = bool(shared_layer_norm)
+        self.inp = EnsembleLinear(num_members, obs_dim, hidden)
+        self.block = EnsembleResidualBlock(num_members, hidden, final_activation=arch == "revalued")
+        self.norm: nn.Module = nn.LayerNorm(hidden) if shared_layer_norm else EnsembleLayerNorm(num_members, hidden)
+        self.head = EnsembleLinear(num_members, hidden, num_dims * max_bins)
+        if arch == "acme":
+            with torch.no_grad():
+                for lin in (self.inp, self.block.fc1, self.block.fc2, self.head):
+                    bound = math.sqrt(3.0 * 0.333 / lin.out_features)
+                    lin.weight.uniform_(-bound, bound)
+                    lin.bias.zero_()
+
+    def forward(self, obs: Tensor, members: int | slice | None = None) -> Tensor:
+        """``obs`` ``(B, d_s)`` (shared by the members) or ``(K, B, d_s)`` -> ``(K, B, N, n_max)``."""
+        h = self.block(self.inp(obs, members), members)
+        h = self.norm(h) if self.shared_layer_norm else self.norm(h, members)
+        if self.arch == "acme":
+            h = F.elu(h)
+        u = self.head(h, members)
+        return u.view(*u.shape[:-1], self.num_dims, self.max_bins)

@@ -22,6 +22,7 @@ __all__ = [
     "EnsembleLinear",
     "EnsembleLayerNorm",
     "EnsembleMLP",
+    "EnsembleResidualBlock",
     "polyak_update_",
     "hard_update_",
     "init_last_layer_uniform_",
@@ -315,6 +316,30 @@ class EnsembleMLP(nn.Module):
             for ln, en in zip(lns, self.norms):
                 en.weight[i, 0].copy_(ln.weight)
                 en.bias[i, 0].copy_(ln.bias)
+
+
+class EnsembleResidualBlock(nn.Module):
+    """``E`` residual blocks ``h + f(h)`` with ``f = Linear -> ReLU -> Linear [-> ReLU]``, one batched
+    matmul per layer (the width is kept: ``(E, B, H) -> (E, B, H)``).
+
+    ``final_activation=False`` is Acme's ``LayerNormAndResidualMLP`` block (``snt.nets.MLP([H, H])`` has no
+    final activation; DecQN, tseyde/decqn@2309e0b ``agents/dqn/networks.py``); ``True`` is REValueD's
+    ``VectorisedMLPResidualLayer`` (ReLU after both layers, davidireland3/REValueD@2e811a5
+    ``revalued/networks/layers.py``). The LayerNorm that both apply after the sum is left to the caller
+    (REValueD shares one across members).
+    """
+
+    def __init__(self, num_members: int, dim: int, *, final_activation: bool) -> None:
+        super().__init__()
+        self.fc1 = EnsembleLinear(num_members, dim, dim)
+        self.fc2 = EnsembleLinear(num_members, dim, dim)
+        self.final_activation = bool(final_activation)
+
+    def forward(self, h: Tensor, members: int | slice | None = None) -> Tensor:
+        r = self.fc2(torch.relu(self.fc1(h, members)), members)
+        if self.final_activation:
+            r = torch.relu(r)
+        return h + r
 
 
 # ----------------------------------------------------------------------------------------------

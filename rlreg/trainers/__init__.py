@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from rlreg.config import RunConfig
-from rlreg.trainers.common import StopRequested, TrainerBase, derive_run_dir
+from rlreg.runs import derive_run_dir
+from rlreg.trainers.common import StopRequested, TrainerBase
 from rlreg.trainers.offline import OfflineTrainer
 from rlreg.trainers.online import OnlineTrainer
 

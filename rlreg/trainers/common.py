@@ -1,9 +1,14 @@
 """What the offline and online trainers share: the run directory, seeding, the agent, metrics,
-evaluation, NaN guards and checkpoints with exact resume."""
+evaluation, NaN guards, stop signals and checkpoints with exact resume.
+
+Order of a launch (:meth:`TrainerBase.train`): options are already checked (``rlreg.config``); the data
+(and env) are loaded and checked; only then is the run directory created and locked, its half-written temp
+files removed, its config and data fingerprint compared with the newest checkpoint that loads; then the
+agent is built and restored. Names, run directories and checkpoint lookup live in :mod:`rlreg.runs`."""
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
 import os
 import random
@@ -20,67 +25,62 @@ from rlreg.checkpoint import (
     atomic_write_text,
     capture_rng,
     latest_checkpoint,
-    load_checkpoint,
+    list_checkpoints,
     restore_rng,
     save_checkpoint,
+    write_failure,
 )
 from rlreg.config import ConfigError, EnvConfig, RunConfig
 from rlreg.envs import evaluate, normalized_score
+from rlreg.errors import RunDirError, WriteError
 from rlreg.learners.base import Learner
 from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters, progress_bar
+from rlreg.runs import (  # noqa: F401  (re-exported: older code imports them from here)
+    RESUMABLE_CHANGES,
+    check_same_run,
+    clean_temp_files,
+    config_to_dict,
+    derive_run_dir,
+    load_newest_checkpoint,
+    no_loadable_checkpoint,
+    read_config,
+    run_name,
+    task_name,
+)
 
-# Options that may change between launches of the same run without making it a different run.
-RESUMABLE_CHANGES = ("trainer.total_steps", "trainer.snapshot_every", "logging", "device", "threads", "run_root", "run_dir")
+# errno values of a write that failed for lack of room
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of the ``device`` option; a device this machine lacks is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name!r}: this machine has no CUDA device usable by torch {torch.__version__}",
+                              hint="use device=cpu (or device=auto, which picks CUDA when there is one)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r}: MPS is not available on this machine", hint="use device=cpu")
+    return device
 
 
-def run_name(run: RunConfig) -> str:
-    regs = "+".join(run.agent.regularizers)
-    name = run.agent.name + (f"-{regs}" if regs else "")
-    return name + (f"_{run.tag}" if run.tag else "")
+def check_env(config: EnvConfig, option: str) -> None:
+    """Create and close the env of ``config`` once: an unknown id (or a missing extra such as ``dmc``) is a
+    :class:`ConfigError` naming ``option`` (``env.id``, ``dataset.env.id``), raised before the run dir exists."""
+    import gymnasium as gym
 
+    from rlreg.envs import make_env
 
-def derive_run_dir(run: RunConfig) -> Path:
-    """``<run_root>/<agent>[-<regularizers>][_<tag>]/<dataset or env>/seed<k>``: a relaunched job finds it."""
-    if run.run_dir:
-        return Path(run.run_dir)
-    task = run.task_name.replace("/", "_")
-    return Path(run.run_root) / run_name(run) / task / f"seed{run.seed}"
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def check_same_run(stored: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume a run directory written by a different configuration."""
-    a, b = _flatten(stored), _flatten(current)
-    diff = sorted(
-        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
-    )
-    if diff:
-        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:5])
-        raise ConfigError(
-            f"{run_dir} holds a run with a different configuration ({details}). "
-            "Set tag=<name> (or run_dir=<path>) to start a separate run, or delete that directory."
-        )
-
-
-def config_to_dict(run: RunConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(run)
-    return json.loads(json.dumps(d, default=str))
+    try:
+        make_env(config).close()
+    except (gym.error.Error, ImportError) as err:
+        raise ConfigError(f"{option}={config.id!r}: {err}",
+                          hint="see conf/env/ for the envs rlreg knows; any registered Gymnasium id works") from None
 
 
 class StopRequested(Exception):
@@ -103,10 +103,10 @@ class StopRequested(Exception):
 
 
 def _stop_signals() -> tuple[int, ...]:
-    """SIGTERM, SIGUSR1 and the signal submitit sends before a time limit or on preemption."""
+    """SIGTERM, SIGUSR1, the signal submitit sends before a time limit or on preemption, and SIGINT (Ctrl-C)."""
     name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
     extra = getattr(signal, "SIG" + name, signal.SIGUSR2)
-    return tuple(dict.fromkeys((signal.SIGTERM, signal.SIGUSR1, extra)))
+    return tuple(dict.fromkeys((signal.SIGTERM, signal.SIGUSR1, extra, signal.SIGINT)))
 
 
 class TrainerBase:
@@ -130,6 +130,10 @@ class TrainerBase:
         self.learner: Learner
         self.eval_env: EnvConfig
         self.pretrain_done: dict[str, int] = {}
+        self.data_fingerprint: str | None = None  # hash of the dataset's arrays (offline data), see rlreg.runs
+        self.resuming = False
+        self.wall_before = 0.0  # training seconds of earlier launches of this run (from the checkpoint)
+        self._session_start: float | None = None
 
     # -- seeding -----------------------------------------------------------------------------------
     def _seed(self) -> None:
@@ -141,34 +145,89 @@ class TrainerBase:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
-    # -- run directory -----------------------------------------------------------------------------
+    # -- data and run directory -------------------------------------------------------------------
+    def _load_data(self) -> None:
+        """Load and check whatever data the run needs, before its run directory is created (offline and
+        fine-tuning: the dataset). A bad file then leaves nothing behind that could block the fixed relaunch."""
+        if self.run.env is not None:
+            check_env(self.run.env, "env.id")
+
     def _prepare_run_dir(self) -> dict[str, Any] | None:
-        """Create/check the run dir; return the latest checkpoint's state if there is one."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Create/lock the run dir and return the state of its newest loadable checkpoint, if any.
+
+        A directory without a checkpoint has not started (an earlier launch failed before its first
+        checkpoint): its config.json is replaced. With checkpoints, the configuration must be the stored one
+        (up to :data:`~rlreg.runs.RESUMABLE_CHANGES`) and the data must have the stored fingerprint."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_failure(self.run_dir, err) from None
         self._lock_run_dir()
+        try:
+            return self._open_run_dir()
+        except BaseException:
+            self._unlock_run_dir()
+            raise
+
+    def _open_run_dir(self) -> dict[str, Any] | None:
+        removed = clean_temp_files(self.run_dir)
+        if removed:
+            self._say(f"removed {len(removed)} half-written temp file(s) of an interrupted launch: "
+                      + ", ".join(p.name for p in removed))
         current = config_to_dict(self.run)
-        cfg_path = self.run_dir / "config.json"
-        if cfg_path.exists():
-            check_same_run(json.loads(cfg_path.read_text()), current, self.run_dir)
-        atomic_write_text(cfg_path, json.dumps(current, indent=2) + "\n")
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return None
-        self._say(f"resuming from {ckpt}")
-        return load_checkpoint(ckpt, map_location=self.device)
+        state: dict[str, Any] | None = None
+        if list_checkpoints(self.run_dir):
+            stored = read_config(self.run_dir)
+            ckpt, state, skipped = load_newest_checkpoint(self.run_dir, map_location=self.device)
+            # the data is identified by its fingerprint when the checkpoint has one: a moved file is the same data
+            moved = ("dataset.path",) if state is not None and state.get("data_fingerprint") else ()
+            check_same_run(stored, current, self.run_dir, also_resumable=moved)
+            if ckpt is None or state is None:
+                raise no_loadable_checkpoint(self.run_dir, skipped)
+            self._check_same_data(state, ckpt)
+            for bad in skipped:
+                # moved aside: left in place, newer unloadable files would count against trainer.keep_checkpoints
+                # and could make the rotation delete the good checkpoints written after the resume
+                aside = bad.path.with_name(bad.path.name + ".corrupt")
+                bad.path.replace(aside)
+                self._say(f"skipped checkpoint {bad} (moved aside to {aside.name})")
+            self._say(f"resuming from {ckpt}" + (f" (skipped {len(skipped)} newer checkpoint(s) that do not load)"
+                                                  if skipped else ""))
+        else:
+            for stale in ("metrics.jsonl", "summary.json"):  # from a launch that failed before its first checkpoint
+                (self.run_dir / stale).unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "config.json", json.dumps(current, indent=2) + "\n")
+        if self.data_fingerprint is not None:
+            data = {"fingerprint": self.data_fingerprint, "source": getattr(self, "data_source", None)}
+            atomic_write_text(self.run_dir / "data.json", json.dumps(data, indent=2) + "\n")
+        return state
+
+    def _check_same_data(self, state: dict[str, Any], ckpt: Path) -> None:
+        stored = state.get("data_fingerprint")
+        if stored is not None and self.data_fingerprint is not None and stored != self.data_fingerprint:
+            raise RunDirError(
+                f"{self.run_dir} was trained on other data: {ckpt} records dataset fingerprint {stored}, the data "
+                f"loaded now ({getattr(self, 'data_source', '?')}) has {self.data_fingerprint}",
+                hint="point dataset.path at the file the run was trained on, or set tag=<name> (or run_dir=<path>) "
+                "to train a separate run on the new data",
+            )
 
     def _lock_run_dir(self) -> None:
         """Hold an exclusive lock on ``<run_dir>/.lock`` while training: two processes must never write one run."""
         import fcntl
 
-        self._lock = open(self.run_dir / ".lock", "w")
+        try:
+            self._lock = open(self.run_dir / ".lock", "w")
+        except OSError as err:
+            raise write_failure(self.run_dir / ".lock", err) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock.close()
-            raise RuntimeError(
-                f"{self.run_dir} is being trained by another process (lock {self.run_dir / '.lock'}); "
-                "wait for it, stop it, or use another tag=/run_dir="
+            self._lock = None
+            raise RunDirError(
+                f"{self.run_dir} is being trained by another process (lock {self.run_dir / '.lock'})",
+                hint="wait for it or stop it, or set tag=<name> (or run_dir=<path>) to start a separate run",
             ) from None
 
     def _unlock_run_dir(self) -> None:
@@ -192,7 +251,18 @@ class TrainerBase:
             "last_eval": json.dumps(self.last_eval),
             "obs_mean": None if self.obs_mean is None else torch.as_tensor(self.obs_mean),
             "obs_std": None if self.obs_std is None else torch.as_tensor(self.obs_std),
+            "data_fingerprint": self.data_fingerprint,
+            "wall_seconds": self._wall_seconds(),
         }
+
+    def _wall_seconds(self) -> float:
+        """Training seconds of this run over all its launches so far."""
+        now = 0.0 if self._session_start is None else time.time() - self._session_start
+        return round(self.wall_before + now, 1)
+
+    def _intact(self) -> str:
+        ckpt = latest_checkpoint(self.run_dir)
+        return f"the previous checkpoint {ckpt} is intact" if ckpt else "no checkpoint had been written yet"
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -203,12 +273,18 @@ class TrainerBase:
     def save(self) -> Path:
         state = self._base_state()
         state["extra"] = self._extra_state()
-        return save_checkpoint(self.run_dir, self.step, state, keep=self.run.trainer.keep_checkpoints)
+        try:
+            return save_checkpoint(self.run_dir, self.step, state, keep=self.run.trainer.keep_checkpoints)
+        except WriteError as err:
+            raise WriteError(f"{err}; {self._intact()}", hint=err.hint) from None
 
     def save_snapshot(self) -> Path:
         """The learner's networks alone (``snapshots/step_<k>.pt``): small, loadable with ``weights_only``."""
         path = self.run_dir / "snapshots" / f"step_{self.step:010d}.pt"
-        atomic_torch_save({"step": self.step, "networks": self.learner.state_dict()}, path)
+        try:
+            atomic_torch_save({"step": self.step, "networks": self.learner.state_dict()}, path)
+        except WriteError as err:
+            raise WriteError(f"{err}; {self._intact()}", hint=err.hint) from None
         return path
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -218,6 +294,7 @@ class TrainerBase:
         self.metrics.load_state_dict(state["metrics"])
         self.best_score = state["best_score"]
         self.last_eval = json.loads(state["last_eval"])
+        self.wall_before = float(state.get("wall_seconds", 0.0))
         self._load_extra_state(state["extra"])
 
     # -- logging and guards ------------------------------------------------------------------------
@@ -332,13 +409,18 @@ class TrainerBase:
 
     # -- stop signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """Catch SIGTERM, SIGUSR1 and the submitit preemption signal (SIGUSR2 unless
-        ``SUBMITIT_PREEMPT_SIGNAL`` names another): each only sets a flag, acted on at the next step
-        boundary by :meth:`_check_stop`."""
+        """Catch SIGTERM, SIGUSR1, the submitit preemption signal (SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL``
+        names another) and SIGINT (Ctrl-C): each only sets a flag, acted on at the next step boundary by
+        :meth:`_check_stop`. A second Ctrl-C before that raises KeyboardInterrupt at once. Returns the
+        previous handlers (restored when training ends)."""
         previous: dict[int, Any] = {}
         self._stop_signals: list[int] = []
 
         def handler(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT:
+                if signal.SIGINT in self._stop_signals:
+                    raise KeyboardInterrupt
+                self._say("Ctrl-C: stopping after this step with a checkpoint (press Ctrl-C again to quit at once)")
             self._stop = True
             if signum not in self._stop_signals:
                 self._stop_signals.append(signum)
@@ -348,7 +430,8 @@ class TrainerBase:
                 previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not in the main thread
                 pass
-        self._previous_handlers = previous
+        # handlers the stop is handed over to (submitit's); Python's Ctrl-C handler would only raise
+        self._previous_handlers = {k: v for k, v in previous.items() if k != signal.SIGINT}
         return previous
 
     def _check_stop(self) -> None:
@@ -380,6 +463,7 @@ class TrainerBase:
     def train(self) -> dict[str, Any]:
         """Run (or resume) training to ``trainer.total_steps``; return the summary."""
         self._seed()
+        self._load_data()  # bad data fails here, before anything is written
         state = self._prepare_run_dir()
         try:
             return self._train_locked(state)
@@ -387,9 +471,11 @@ class TrainerBase:
             self._unlock_run_dir()
 
     def _train_locked(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        self.resuming = state is not None
         self._setup()
         if state is not None:
             self._restore(state)
+        start_step = self.step
         eval_every = self.run.trainer.eval_every
         logger = RunLogger(
             self.run_dir,
@@ -398,16 +484,29 @@ class TrainerBase:
             project=self.run.logging.project,
             entity=self.run.logging.entity,
             group=self.run.logging.group,
-            name=f"{run_name(self.run)}/{self.run.task_name}/seed{self.run.seed}",
+            name=f"{run_name(self.run)}/{task_name(self.run)}/seed{self.run.seed}",
             resume_step=self.step,
             drop=lambda row: row.get("kind") == "eval" and row["step"] % eval_every != 0,
         )
         previous = self._install_signal_handlers()
-        start = time.time()
+        self._session_start = time.time()
+        failed = True
         try:
             self._train(logger)
+            failed = False
+        except OSError as err:
+            if isinstance(err, WriteError) or err.errno not in _FULL:
+                raise
+            # a log file (metrics.jsonl, wandb's files) could not be written
+            where = Path(err.filename) if err.filename else logger.path
+            raise WriteError(f"{write_failure(where, err)}; {self._intact()}", hint="free space (or raise the "
+                             "limit) and rerun the same command to resume") from None
         finally:
-            logger.close()
+            try:
+                logger.close()
+            except OSError:
+                if not failed:
+                    raise
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if getattr(self, "_final_eval", None) is not None:
@@ -420,9 +519,17 @@ class TrainerBase:
             "last_return": None if self.last_eval is None else self.last_eval["eval/return"],
             "last_normalized_score": None if self.last_eval is None else self.last_eval["eval/normalized_score"],
             "best_normalized_score": self.best_score,
-            "wall_seconds": round(time.time() - start, 1),
+            "wall_seconds": self._wall_seconds(),
         }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary_path = self.run_dir / "summary.json"
+        if self.step == start_step and summary_path.exists():  # a finished run relaunched: nothing was trained
+            try:
+                old = json.loads(summary_path.read_text())
+                if old.get("steps") == self.step and old.get("wall_seconds") is not None:
+                    summary["wall_seconds"] = old["wall_seconds"]
+            except (OSError, json.JSONDecodeError):
+                pass
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _setup(self) -> None:

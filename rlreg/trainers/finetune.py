@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from rlreg.agents import build_agent
-from rlreg.checkpoint import latest_checkpoint, load_checkpoint
+from rlreg.checkpoint import load_checkpoint
 from rlreg.config import ConfigError, RunConfig
-from rlreg.data.buffers import BUFFER_ROWS, OfflineBuffer
-from rlreg.data.dataset import make_reward_fn
-from rlreg.data.sources import load_dataset
-from rlreg.envs import env_setup, env_spaces, make_env
-from rlreg.trainers.common import derive_run_dir
+from rlreg.data.buffers import BUFFER_ROWS
+from rlreg.envs import env_setup, make_env
+from rlreg.errors import NotFoundError, RunDirError
+from rlreg.runs import derive_run_dir, load_newest_checkpoint, no_loadable_checkpoint
+from rlreg.trainers.offline import load_offline_data
 from rlreg.trainers.online import OnlineTrainer, episode_seed
 
 
@@ -57,26 +57,25 @@ class FinetuneTrainer(OnlineTrainer):
             run = dataclasses.replace(run, env=run.dataset.env)
         super().__init__(run, announce=announce)
 
-    def _setup(self) -> None:
+    def _load_data(self) -> None:
         dcfg, t = self.run.dataset, self.run.trainer
         assert dcfg is not None
-        self.eval_env = dcfg.env
-        _, _, _, obs_space, act_space = env_spaces(dcfg.env)
-        dataset = load_dataset(dcfg)
-        dataset.validate(observation_shape=obs_space.shape, action_shape=act_space.shape,
-                         action_low=act_space.low, action_high=act_space.high)
-        if dcfg.normalize_states:
-            self.obs_mean, self.obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
-        reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
-        offline = OfflineBuffer(dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std,
-                                reward_fn=reward_fn, gamma=self.run.agent.learner_config.gamma)
-        if t.buffer_size < len(offline) + t.total_steps:
+        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
+        self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
+        n = len(self.data.buffer)
+        if t.buffer_size < n + t.total_steps:
             raise ConfigError(
-                f"trainer.buffer_size={t.buffer_size} cannot hold the {len(offline)} offline transitions plus "
-                f"trainer.total_steps={t.total_steps} online ones; set trainer.buffer_size >= "
-                f"{len(offline) + t.total_steps}"
+                f"trainer.buffer_size={t.buffer_size} cannot hold the {n} offline transitions plus "
+                f"trainer.total_steps={t.total_steps} online ones; set trainer.buffer_size >= {n + t.total_steps}"
             )
-        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=dataset, buffer=offline,
+
+    def _setup(self) -> None:
+        dcfg, t, data = self.run.dataset, self.run.trainer, self.data
+        assert dcfg is not None
+        self.eval_env = dcfg.env
+        self.obs_mean, self.obs_std = data.obs_mean, data.obs_std
+        offline = data.buffer
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=data.dataset, buffer=offline,
                           obs_mean=self.obs_mean, obs_std=self.obs_std)
         self.learner = build_agent(self.run.agent, setup)
         self.buffer = self._replay_buffer(setup.obs_dim, t.buffer_size)
@@ -84,7 +83,7 @@ class FinetuneTrainer(OnlineTrainer):
                         1.0 - offline.not_done)
         self.sampler = self.learner.sampler(self.buffer)
         self.prefill = len(offline)
-        self.env = self._wrap_env(make_env(dcfg.env), reward_fn)
+        self.env = self._wrap_env(make_env(dcfg.env), data.reward_fn)
         self.updates = 0
         self.episode = 0
         self.episode_actions: list[np.ndarray] = []
@@ -92,7 +91,7 @@ class FinetuneTrainer(OnlineTrainer):
         self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, 0))
         # pre-training phases (SPOT's VAE) belong to the offline run; _load_offline checks they finished there
         self.pretrain_done = {reg.name: reg.pretrain_steps for reg in self.learner.regularizers}
-        if latest_checkpoint(self.run_dir) is None:  # a fresh fine-tuning run; otherwise _restore follows
+        if not self.resuming:  # a fresh fine-tuning run; otherwise _restore follows
             self._load_offline()
 
     def _wrap_env(self, env: gym.Env, reward_fn: Any) -> gym.Env:
@@ -108,14 +107,25 @@ class FinetuneTrainer(OnlineTrainer):
     def _load_offline(self) -> None:
         t = self.run.trainer
         source = Path(t.init_from) if t.init_from else offline_run_dir(self.run)
-        ckpt = source if source.is_file() else latest_checkpoint(source)
-        if ckpt is None:
-            raise FileNotFoundError(
-                f"trainer.init_from: no offline checkpoint under {source}; train the offline run first (same "
-                "agent, dataset, seed and tag with the offline trainer) or point trainer.init_from at a run "
-                "directory or checkpoint file"
+        if source.is_file():
+            ckpt, state = source, load_checkpoint(source, map_location=self.device)
+        else:
+            ckpt, state, skipped = load_newest_checkpoint(source, map_location=self.device)
+            for bad in skipped:
+                self._say(f"skipped offline checkpoint {bad}")
+            if skipped and ckpt is None:
+                raise no_loadable_checkpoint(source, skipped)
+        if ckpt is None or state is None:
+            raise NotFoundError(
+                f"trainer.init_from: no offline checkpoint under {source}",
+                hint="train the offline run first (same agent, dataset, seed and tag with trainer=offline) or "
+                "point trainer.init_from at a run directory or checkpoint file",
             )
-        state = load_checkpoint(ckpt, map_location=self.device)
+        stored = state.get("data_fingerprint")
+        if stored is not None and stored != self.data_fingerprint:
+            raise RunDirError(
+                f"{ckpt} was trained on other data (dataset fingerprint {stored}) than {self.data_source} "
+                f"({self.data_fingerprint})", hint="fine-tune on the dataset the offline run was trained on")
         stored_mean = state.get("obs_mean")
         if (stored_mean is None) != (self.obs_mean is None) or (
             stored_mean is not None and not np.allclose(stored_mean.cpu().numpy(), self.obs_mean, atol=1e-5)
@@ -127,7 +137,7 @@ class FinetuneTrainer(OnlineTrainer):
         done = state.get("extra", {}).get("pretrain_done", {})
         for reg in self.learner.regularizers:
             if int(done.get(reg.name, 0)) < reg.pretrain_steps:
-                raise ValueError(
+                raise RunDirError(
                     f"{ckpt} is still in {reg.name}'s pre-training phase ({int(done.get(reg.name, 0))} of "
                     f"{reg.pretrain_steps} steps); finish the offline run before fine-tuning"
                 )

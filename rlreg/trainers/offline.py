@@ -1,48 +1,83 @@
 """Offline trainer: optional regularizer pre-training, then gradient steps on a fixed dataset with
-evaluation every K steps."""
+evaluation every K steps. :func:`load_offline_data` is the data setup it shares with the fine-tuning trainer."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import gymnasium as gym
+import numpy as np
+import torch
 
 from rlreg.agents import build_agent
+from rlreg.config import DatasetConfig
 from rlreg.data.buffers import OfflineBuffer
-from rlreg.data.dataset import make_reward_fn
+from rlreg.data.dataset import TransitionDataset, make_reward_fn
 from rlreg.data.sources import load_dataset
 from rlreg.envs import env_setup, env_spaces, normalized_score
 from rlreg.logging import RunLogger, progress_bar
-from rlreg.trainers.common import TrainerBase
+from rlreg.runs import data_fingerprint
+from rlreg.trainers.common import TrainerBase, check_env
+
+
+@dataclass
+class OfflineData:
+    """A dataset loaded and checked against its env, with what the trainers derive from it."""
+
+    dataset: TransitionDataset
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box
+    obs_mean: np.ndarray | None  # state normalisation (dataset.normalize_states), else None
+    obs_std: np.ndarray | None
+    reward_fn: Callable[[np.ndarray], np.ndarray]
+    buffer: OfflineBuffer  # normalised states, transformed rewards, discounts, on the device
+    fingerprint: str  # rlreg.runs.data_fingerprint of the arrays as loaded
+
+
+def load_offline_data(dcfg: DatasetConfig, device: torch.device, gamma: float) -> OfflineData:
+    """Load the dataset of ``dcfg``, check it against the spaces of its evaluation env (DatasetError naming the
+    file and key otherwise), and build the state statistics, reward transform and device buffer (discounts
+    ``gamma * not_done``). The offline and the fine-tuning trainers call it before creating the run dir."""
+    check_env(dcfg.env, "dataset.env.id")
+    _, _, _, obs_space, act_space = env_spaces(dcfg.env)
+    dataset = load_dataset(dcfg)
+    dataset.validate(
+        observation_shape=obs_space.shape,
+        action_shape=act_space.shape,
+        action_low=act_space.low,
+        action_high=act_space.high,
+    )
+    obs_mean = obs_std = None
+    if dcfg.normalize_states:
+        obs_mean, obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
+    reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
+    buffer = OfflineBuffer(dataset, device=device, obs_mean=obs_mean, obs_std=obs_std, reward_fn=reward_fn,
+                           gamma=gamma)
+    return OfflineData(dataset, obs_space, act_space, obs_mean, obs_std, reward_fn, buffer, data_fingerprint(dataset))
 
 
 class OfflineTrainer(TrainerBase):
-    def _setup(self) -> None:
+    def _load_data(self) -> None:
         dcfg = self.run.dataset
         assert dcfg is not None
+        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
+        self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
+
+    def _setup(self) -> None:
+        dcfg, data = self.run.dataset, self.data
+        assert dcfg is not None
         self.eval_env = dcfg.env
-        _, _, _, obs_space, act_space = env_spaces(dcfg.env)
-        dataset = load_dataset(dcfg)
-        dataset.validate(
-            observation_shape=obs_space.shape,
-            action_shape=act_space.shape,
-            action_low=act_space.low,
-            action_high=act_space.high,
-        )
-        returns = dataset.episode_returns()
+        returns = data.dataset.episode_returns()
         self.dataset_score = normalized_score(float(returns.mean()), dcfg.env.ref_min_score, dcfg.env.ref_max_score)
         self._say(
-            f"dataset {dcfg.name}: {len(dataset)} transitions, {len(returns)} episodes, "
+            f"dataset {dcfg.name}: {len(data.dataset)} transitions, {len(returns)} episodes, "
             f"mean return {returns.mean():.1f}"
             + ("" if self.dataset_score is None else f" (normalized {self.dataset_score:.1f})")
         )
-        if dcfg.normalize_states:
-            self.obs_mean, self.obs_std = dataset.state_stats(eps=dcfg.state_std_eps)
-        reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
-        self.buffer = OfflineBuffer(
-            dataset, device=self.device, obs_mean=self.obs_mean, obs_std=self.obs_std, reward_fn=reward_fn,
-            gamma=self.run.agent.learner_config.gamma,
-        )
-        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=dataset, buffer=self.buffer,
+        self.obs_mean, self.obs_std = data.obs_mean, data.obs_std
+        self.buffer = data.buffer
+        setup = env_setup(dcfg.env, self.device, seed=self.run.seed, dataset=data.dataset, buffer=self.buffer,
                           obs_mean=self.obs_mean, obs_std=self.obs_std)
         self.learner = build_agent(self.run.agent, setup)
         self.pretrain_done: dict[str, int] = {reg.name: 0 for reg in self.learner.regularizers}

@@ -1,4 +1,5 @@
-"""Online trainer: random warm-up, then one env step followed by ``utd_ratio`` gradient steps.
+"""Online trainer: random warm-up, then one env step followed by ``utd_ratio`` gradient steps (on every
+``update_every``-th env step only: DecQN updates every 8th, REValueD every 5th).
 
 Bootstrapping stops on termination only, never on truncation (docs/environments.md). Exact resume: every
 episode is reset with a seed derived from (run seed, episode index) and the checkpoint stores the
@@ -114,7 +115,7 @@ class OnlineTrainer(TrainerBase):
                 self.episode_actions, self.episode_return = [], 0.0
                 self.obs, _ = self.env.reset(seed=episode_seed(self.run.seed, self.episode))
             self.metrics.add(self.learner.on_env_step(self.step, self.buffer, self.generator), self.step)
-            if self.step > t.warmup_steps:
+            if self.step > t.warmup_steps and self.step % t.update_every == 0:
                 for _ in range(t.utd_ratio):
                     self.updates += 1
                     batch = self.sampler.sample(t.batch_size, self.generator)
