@@ -203,6 +203,20 @@ class ReplayBuffer:
             self.next_observations[idx], self.not_done[idx], self.discounts[idx],
         )
 
+    def resized(self, capacity: int) -> "ReplayBuffer":
+        """A new buffer of ``capacity`` rows holding this one's newest ``min(size, capacity)`` rows in insertion
+        order (MBPO reallocates its model buffer whenever the rollout length changes, keeping the data). Only
+        finished rows move: an n-step writer's pending transitions are not carried over."""
+        new = ReplayBuffer(capacity, self.obs_dim, self.act_dim, device=self.device, action_dtype=self.action_dtype,
+                           gamma=self.gamma, n_step=self.n_step)
+        order = torch.arange(self.size, device=self.device)
+        if self.size == self._capacity:
+            order = (order + self.ptr) % self._capacity
+        rows = [getattr(self, key)[order] for key in ("observations", "actions", "rewards", "next_observations",
+                                                        "not_done", "discounts")]
+        new._write(*rows)
+        return new
+
     def state_dict(self) -> dict[str, Any]:
         """Filled rows (CPU copies) + ``ptr``/``size``/``capacity`` (+ the n-step writer's pending transitions);
         loadable with ``weights_only=True``."""

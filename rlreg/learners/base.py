@@ -191,6 +191,8 @@ class Learner(nn.Module):
     family: str = "learner"
     # What this learner can provide to a regularizer that ``requires`` it (e.g. "critic_features").
     provides: frozenset[str] = frozenset()
+    # Metrics of this learner the progress bar shows (last log window), e.g. MBPO's "model/holdout_mse".
+    progress_keys: tuple[str, ...] = ()
 
     def __init__(self, setup: "SetupContext", regularizers: Sequence["Regularizer"] = ()) -> None:
         super().__init__()

@@ -75,6 +75,9 @@ class SACConfig:
     independent_target_init: bool = False
     critic_layer_norm: bool = False
     critic_dropout: float = 0.0
+    # spectral normalisation of the critics' linear layers: every layer, the hidden ones, or none (the
+    # single-model Lipschitz agent, Zheng et al. 2023); the target critic keeps its own power iteration
+    critic_spectral_norm: Literal["none", "all", "hidden"] = "none"
     actor_q_reduce: Literal["min", "mean"] = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
     # "sequential": the actor loss sees the critic after this step's update; "simultaneous": all losses from
     # the parameters at the start of the step (RORL).
@@ -141,6 +144,7 @@ class SACLearner(Learner):
                 hidden=config.critic_hidden,
                 layer_norm=config.critic_layer_norm,
                 dropout=config.critic_dropout,
+                spectral_norm=config.critic_spectral_norm,
                 init=config.critic_init if sacn else config.init,
             )
 

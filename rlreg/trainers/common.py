@@ -298,7 +298,7 @@ class TrainerBase:
         self._load_extra_state(state["extra"])
 
     # -- logging and guards ------------------------------------------------------------------------
-    def _flush_metrics(self, logger: RunLogger, extra: dict[str, Any] | None = None) -> None:
+    def _flush_metrics(self, logger: RunLogger, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         means, bad = self.metrics.flush()
         if bad:
             key, first = min(bad.items(), key=lambda kv: kv[1])
@@ -308,6 +308,7 @@ class TrainerBase:
             self._diverged(f"parameter '{param}' became NaN/inf by step {self.step}")
         row = {"step": self.step, "kind": "train", **means, **(extra or {})}
         logger.log(row)
+        return row
 
     def _diverged(self, what: str) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -348,7 +349,11 @@ class TrainerBase:
         t = self.run.trainer
         final = self.step == t.total_steps
         if self.step % t.log_every == 0 or final:
-            self._flush_metrics(logger, extra)
+            row = self._flush_metrics(logger, extra)
+            # the progress bar also shows the trainer's counters (e.g. updates) and the learner's progress_keys
+            # metrics (e.g. MBPO's model/holdout_mse) of the last window
+            keys = self.learner.progress_keys
+            self._postfix(bar, **(extra or {}), **{k.split("/")[-1]: round(row[k], 4) for k in keys if k in row})
         on_schedule = self.step % t.eval_every == 0
         if on_schedule:
             self._show(bar, self._evaluate(logger))
@@ -395,7 +400,12 @@ class TrainerBase:
 
     def _show(self, bar: Any, row: dict[str, Any]) -> None:
         score = row["eval/normalized_score"]
-        bar.set_postfix(ret=round(row["eval/return"], 1), **({} if score is None else {"score": round(score, 1)}))
+        self._postfix(bar, ret=round(row["eval/return"], 1), **({} if score is None else {"score": round(score, 1)}))
+
+    def _postfix(self, bar: Any, **items: Any) -> None:
+        """Update the progress bar's postfix, keeping the items shown before (eval return, counters, metrics)."""
+        self._bar_items: dict[str, Any] = {**getattr(self, "_bar_items", {}), **items}
+        bar.set_postfix(**self._bar_items)
 
     # -- stop signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
