@@ -509,6 +509,10 @@ class TrainerBase:
                     raise
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        return self.write_summary(start_step)
+
+    def write_summary(self, start_step: int) -> dict[str, Any]:
+        """Write and return ``summary.json`` (a finished run relaunched keeps its real ``wall_seconds``)."""
         if getattr(self, "_final_eval", None) is not None:
             self.best_score, self.last_eval = self._final_eval
         summary = {

@@ -22,7 +22,7 @@ from typing import Any
 from rlreg.config import ConfigError, RunConfig
 from rlreg.logging import RunLogger, progress_bar
 from rlreg.seeds import SeedStack
-from rlreg.trainers.common import config_to_dict, run_name
+from rlreg.runs import config_to_dict, run_name, task_name
 from rlreg.trainers.offline import OfflineTrainer
 
 
@@ -63,9 +63,11 @@ def train_seeds(runs: list[RunConfig], announce: bool = True) -> list[dict[str, 
     locked: list[OfflineTrainer] = []
     try:
         for i, tr in enumerate(trainers):
-            tr._seed()  # as a single run: seed, then build the learner (the same initialisation)
+            tr._seed()  # as a single run: seed, data, run dir, then build the learner (the same initialisation)
+            tr._load_data()
             state = tr._prepare_run_dir()
             locked.append(tr)
+            tr.resuming = state is not None
             tr._setup()
             if state is not None:
                 tr._restore(state)
@@ -92,7 +94,7 @@ def _train_together(trainers: list[OfflineTrainer]) -> list[dict[str, Any]]:
         loggers.append(RunLogger(
             tr.run_dir, config_to_dict(tr.run), wandb_mode=tr.run.logging.wandb_mode,
             project=tr.run.logging.project, entity=tr.run.logging.entity, group=tr.run.logging.group,
-            name=f"{run_name(tr.run)}/{tr.run.task_name}/seed{tr.run.seed}", resume_step=tr.step,
+            name=f"{run_name(tr.run)}/{task_name(tr.run)}/seed{tr.run.seed}", resume_step=tr.step,
             drop=lambda row, e=eval_every: row.get("kind") == "eval" and row["step"] % e != 0,
         ))
     previous = first._install_signal_handlers()  # a stop signal stops (and checkpoints) every copy
@@ -100,7 +102,9 @@ def _train_together(trainers: list[OfflineTrainer]) -> list[dict[str, Any]]:
                                     f"{first.run.agent.name} x{len(trainers)} seeds")]
     bars += [_NoBar() for _ in trainers[1:]]
     gens = [tr.generator for tr in trainers]
-    start = time.time()
+    start_step = first.step
+    for tr in trainers:
+        tr._session_start = time.time()
     try:
         for tr in trainers:
             tr.learner.train()
@@ -124,25 +128,4 @@ def _train_together(trainers: list[OfflineTrainer]) -> list[dict[str, Any]]:
             logger.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return [_summary(tr, start) for tr in trainers]
-
-
-def _summary(tr: OfflineTrainer, start: float) -> dict[str, Any]:
-    import json
-
-    from rlreg.checkpoint import atomic_write_text, latest_checkpoint
-
-    if getattr(tr, "_final_eval", None) is not None:
-        tr.best_score, tr.last_eval = tr._final_eval  # type: ignore[misc]
-    summary = {
-        "run_dir": str(tr.run_dir),
-        "checkpoint": str(latest_checkpoint(tr.run_dir)),
-        "metrics": str(tr.run_dir / "metrics.jsonl"),
-        "steps": tr.step,
-        "last_return": None if tr.last_eval is None else tr.last_eval["eval/return"],
-        "last_normalized_score": None if tr.last_eval is None else tr.last_eval["eval/normalized_score"],
-        "best_normalized_score": tr.best_score,
-        "wall_seconds": round(time.time() - start, 1),
-    }
-    atomic_write_text(tr.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return [tr.write_summary(start_step) for tr in trainers]
