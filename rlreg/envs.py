@@ -71,15 +71,21 @@ def make_env(config: EnvConfig) -> gym.Env:
     return gym.make(config.id, **kwargs)
 
 
-def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.spaces.Box]:
-    """obs_dim, act_dim, max_action and the two spaces of the env (checked to be Box, symmetric)."""
+def box_spaces(config: EnvConfig) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """The env's observation and action spaces, checked to be Box (discrete learners discretise a Box)."""
     env = make_env(config)
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:
         env.close()
     if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"env.id={config.id}: rlreg's continuous learners need Box observation and action spaces")
+        raise ValueError(f"env.id={config.id}: rlreg's learners need Box observation and action spaces")
+    return obs_space, act_space
+
+
+def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.spaces.Box]:
+    """obs_dim, act_dim, max_action and the two spaces of the env (checked to be Box, symmetric)."""
+    obs_space, act_space = box_spaces(config)
     high = float(np.max(act_space.high))
     if not np.allclose(act_space.low, -act_space.high) or not np.allclose(act_space.high, high):
         raise ValueError(f"env.id={config.id}: action space must be symmetric [-m, m]^A, got {act_space}")
@@ -89,15 +95,8 @@ def env_spaces(config: EnvConfig) -> tuple[int, int, float, gym.spaces.Box, gym.
 def env_setup(config: EnvConfig, device: torch.device | str, seed: int = 0, **kwargs: Any) -> SetupContext:
     """What a learner is built from for env ``config``: observation size, the env's action Box (any bounds;
     continuous learners check they are symmetric), the device, the env config and any ``kwargs`` (dataset,
-    buffer of an offline run)."""
-    env = make_env(config)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"env.id={config.id}: rlreg's learners need Box observation and action spaces "
-                         "(discrete learners discretise a Box)")
+    buffer, state statistics of an offline run)."""
+    obs_space, act_space = box_spaces(config)
     spec = ActionSpec(act_space.low, act_space.high)
     return SetupContext(obs_dim=int(np.prod(obs_space.shape)), act_dim=spec.dim, max_action=spec.max_action,
                         device=torch.device(device), action_spec=spec, env=config, seed=seed, **kwargs)

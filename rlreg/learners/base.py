@@ -327,6 +327,20 @@ class Learner(nn.Module):
         self.load_extra_state(state.get("extra", {}))
 
 
+def check_actor_critic_config(cfg: Any, positive: tuple[str, ...] = ("actor_lr", "critic_lr")) -> None:
+    """Ranges every actor-critic config shares (TD3, SAC and their descendants), named as ``agent.<option>``."""
+    from rlreg.config import ConfigError, check_range
+
+    for key in ("num_critics", "n_step", "policy_freq"):
+        check_range(f"agent.{key}", getattr(cfg, key), low=1)
+    for key in positive:
+        check_range(f"agent.{key}", getattr(cfg, key), low=0.0, low_open=True)
+    check_range("agent.gamma", cfg.gamma, low=0.0, high=1.0)
+    check_range("agent.tau", cfg.tau, low=0.0, high=1.0)
+    if any(h < 1 for h in (*cfg.actor_hidden, *cfg.critic_hidden)):
+        raise ConfigError("agent.actor_hidden / agent.critic_hidden: layer widths must be >= 1")
+
+
 def symmetric_box_bound(spec: ActionSpec, learner: str) -> float:
     """``m`` of a continuous ``[-m, m]^A`` action space (what TD3 and SAC act in), else a clear error."""
     from rlreg.config import ConfigError

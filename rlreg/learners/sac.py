@@ -39,6 +39,7 @@ from rlreg.data.buffers import Batch
 from rlreg.learners.base import (
     Learner,
     adam,
+    check_actor_critic_config,
     optimizer_step,
     register_learner,
     set_requires_grad,
@@ -87,18 +88,10 @@ class SACConfig:
     policy_freq: int = 1
 
     def __post_init__(self) -> None:
-        check_range("agent.num_critics", self.num_critics, low=1)
-        check_range("agent.n_step", self.n_step, low=1)
-        check_range("agent.policy_freq", self.policy_freq, low=1)
-        for key in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
-            check_range(f"agent.{key}", getattr(self, key), low=0.0, low_open=True)
-        check_range("agent.gamma", self.gamma, low=0.0, high=1.0)
-        check_range("agent.tau", self.tau, low=0.0, high=1.0)
+        check_actor_critic_config(self, positive=("actor_lr", "critic_lr", "alpha_lr", "init_alpha"))
         check_range("agent.critic_dropout", self.critic_dropout, low=0.0, high=1.0, high_open=True)
         if self.log_std_bounds[0] >= self.log_std_bounds[1]:
             raise ConfigError(f"agent.log_std_bounds must be [low, high] with low < high, got {list(self.log_std_bounds)}")
-        if any(h < 1 for h in (*self.actor_hidden, *self.critic_hidden)):
-            raise ConfigError("agent.actor_hidden / agent.critic_hidden: layer widths must be >= 1")
 
 
 class PolicyPrior(Protocol):

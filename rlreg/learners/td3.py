@@ -17,11 +17,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rlreg.config import ConfigError, check_range
+from rlreg.config import check_range
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import (
     Learner,
     adam,
+    check_actor_critic_config,
     optimizer_step,
     register_learner,
     set_requires_grad,
@@ -56,18 +57,10 @@ class TD3Config:
     critic_head_bias: bool = True
 
     def __post_init__(self) -> None:
-        check_range("agent.num_critics", self.num_critics, low=1)
-        check_range("agent.n_step", self.n_step, low=1)
-        check_range("agent.policy_freq", self.policy_freq, low=1)
-        for key in ("actor_lr", "critic_lr"):
-            check_range(f"agent.{key}", getattr(self, key), low=0.0, low_open=True)
-        check_range("agent.gamma", self.gamma, low=0.0, high=1.0)
-        check_range("agent.tau", self.tau, low=0.0, high=1.0)
+        check_actor_critic_config(self)
         for key in ("target_noise", "noise_clip", "exploration_noise"):
             check_range(f"agent.{key}", getattr(self, key), low=0.0)
         check_range("agent.actor_dropout", self.actor_dropout, low=0.0, high=1.0, high_open=True)
-        if any(h < 1 for h in (*self.actor_hidden, *self.critic_hidden)):
-            raise ConfigError("agent.actor_hidden / agent.critic_hidden: layer widths must be >= 1")
 
 
 @register_learner("td3", TD3Config, family="td3")
