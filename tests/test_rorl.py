@@ -315,7 +315,7 @@ def test_rorl_resume_is_exact(tmp_path: Path, pendulum_dataset: Path) -> None:
     train(run_config(base + ["trainer.total_steps=40", f"run_dir={tmp_path / 'part'}"], tmp_path), announce=False)
     a, b = final_state(tmp_path / "full"), final_state(tmp_path / "part")
     assert_same_learner(a, b)
-    assert "actor.obs_normalizer.std" in a["learner"]["networks"]
+    assert "state_normalizer.std" in a["learner"]["networks"]  # the trainer's normalisation, with the run
     for name in ("rorl_policy", "rorl_q", "rorl_ood"):
         assert torch.equal(a["learner"]["regularizers"][name]["extra"]["generator"],
                            b["learner"]["regularizers"][name]["extra"]["generator"])
