@@ -23,6 +23,7 @@ import pytest
 import torch
 from conftest import CONF_DIR, pendulum_offline_overrides, run_config
 
+from rlreg.names import display_name
 from rlreg.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rlreg.logging import read_metrics, stable_run_id
 from rlreg.regularizers.bc import BCRegularizer
@@ -380,6 +381,7 @@ def test_results_over_the_sweep(sweep: dict[str, Any], tmp_path: Path) -> None:
         assert float(row["score_mean"]) == pytest.approx(mean, abs=1e-5)
         assert float(row["score_std"]) == pytest.approx(abs(finals[0] - finals[1]) / 2, abs=1e-5)
         assert row["incomplete"] == row["failed"] == "0"
-        assert f"| {row['agent']} | pendulum-random | {SWEEP_STEPS} | 2 | {mean:.1f} ± " in result.stdout
+        shown = display_name(row["agent"])  # tables name agents as people do (SAC-N, TD3+BC)
+        assert f"| {shown} | pendulum-random | {SWEEP_STEPS} | 2 | {mean:.1f} ± " in result.stdout
     assert (tmp_path / "out" / "curves_pendulum-random.png").stat().st_size > 0
     assert "Runs not finished" not in (tmp_path / "out" / "results.md").read_text()
