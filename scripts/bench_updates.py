@@ -73,6 +73,24 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0) -> float:
     return 2 * 256**3 * n / (time.perf_counter() - start) / 1e9
 
 
+def timed_rate(step: Callable[[int], None], device: torch.device, seconds: float, first: int, warmup: int = 20) -> float:
+    """Calls of ``step(i)`` per second: ``warmup`` untimed calls from update ``first``, then batches of 10 for
+    ``seconds`` (CUDA synchronised at each batch boundary)."""
+    for i in range(first, first + warmup):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    n, i, start = 0, first + warmup, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            step(i)
+            i += 1
+        n += 10
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
 def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float) -> dict[str, float]:
     from conftest import compose
 
@@ -100,19 +118,7 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
         step(1)
         step(2)
         flops = float("nan")
-    for i in range(3, 23):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    n, i, start = 0, 23, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            step(i)
-            i += 1
-        n += 10
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return {"upd_s": n / (time.perf_counter() - start), "mflop": flops / 1e6}
+    return {"upd_s": timed_rate(step, device, seconds, first=3), "mflop": flops / 1e6}
 
 
 def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, seconds: float, k: int) -> float:
@@ -134,19 +140,7 @@ def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, secon
     def step(i: int) -> None:
         stack.update(SeedStack.sample(buffer, 256, gens), i, gens)
 
-    for i in range(1, 21):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    n, i, start = 0, 21, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            step(i)
-            i += 1
-        n += 10
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return k * n / (time.perf_counter() - start)
+    return k * timed_rate(step, device, seconds, first=1)
 
 
 def seeds_table(args: argparse.Namespace, data: TransitionDataset) -> None:
