@@ -256,9 +256,10 @@ class TrainerBase:
         }
 
     def _wall_seconds(self) -> float:
-        """Training seconds of this run over all its launches so far."""
+        """Training seconds of this run over all its launches so far (to the ms: a checkpoint written within
+        the first 50 ms of a launch still records that time)."""
         now = 0.0 if self._session_start is None else time.time() - self._session_start
-        return round(self.wall_before + now, 1)
+        return round(self.wall_before + now, 3)
 
     def _intact(self) -> str:
         ckpt = latest_checkpoint(self.run_dir)
@@ -523,7 +524,8 @@ class TrainerBase:
             "last_return": None if self.last_eval is None else self.last_eval["eval/return"],
             "last_normalized_score": None if self.last_eval is None else self.last_eval["eval/normalized_score"],
             "best_normalized_score": self.best_score,
-            "wall_seconds": self._wall_seconds(),
+            # a launch that trained nothing (a finished run relaunched) adds no time
+            "wall_seconds": self.wall_before if self.step == start_step else self._wall_seconds(),
         }
         summary_path = self.run_dir / "summary.json"
         if self.step == start_step and summary_path.exists():  # a finished run relaunched: nothing was trained
