@@ -6,6 +6,7 @@ the project ships (``rlreg/assets``), written as local Minari datasets ``rlreg/<
     python -m rlreg.datasets export id=rlreg/hopper/medium-v0 out=hopper-medium.hdf5   # D4RL hdf5 layout
     python -m rlreg.datasets summary                                 # table of what is built
     python -m rlreg.datasets replay run=<sac run dir> step=30000 name=hopper_medium   # ship a medium-replay
+    python -m rlreg.datasets replay run=<dir> step=200000 upto=110000 name=hopper_medium  # its first 110k rows
 
 Recipe (D4RL paper, section 5): ``random`` = 1M transitions of a randomly initialised tanh-Gaussian actor;
 ``expert`` = 1M of the best evaluated policy of the SAC training run; ``medium`` = 1M of the run's checkpoint
@@ -109,14 +110,6 @@ def state_sha256(module: torch.nn.Module) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-# Shipped behaviour policies are rlreg/assets/<env>_<level>.pt, except where an existing asset is that policy.
-SHIPPED_ALIASES = {("hopper", "expert"): "hopper_sac_90k"}  # also the main job's embedded dataset policy
-
-
-def shipped_policy(env: str, level: str) -> str:
-    return SHIPPED_ALIASES.get((env, level), f"{env}_{level}")
-
-
 def replay_path(env: str) -> Path:
     return ASSETS / f"{env}_medium_replay.npz"
 
@@ -132,7 +125,7 @@ def collect(recipe: Recipe, progress: bool = False) -> tuple[list[dict[str, np.n
         record = {"policy": f"random init, torch.manual_seed({recipe.seed}), hidden {list(RANDOM_ACTOR_HIDDEN)}",
                   "policy_sha256": state_sha256(actor)}
     else:
-        name = recipe.policy or shipped_policy(recipe.env, recipe.level)
+        name = recipe.policy or f"{recipe.env}_{recipe.level}"  # rlreg/assets/<env>_<level>.pt
         try:
             actor, meta = load_policy(name)
         except FileNotFoundError as err:
@@ -187,6 +180,17 @@ def replay_episodes(buffer_state: dict[str, Any]) -> list[dict[str, np.ndarray]]
         })
         start = end + 1
     return episodes
+
+
+def buffer_prefix(buffer_state: dict[str, Any], rows: int, source: Path | str = "buffer") -> dict[str, Any]:
+    """The first ``rows`` rows of a replay buffer's state (a buffer that has not wrapped around)."""
+    size, ptr, cap = int(buffer_state["size"]), int(buffer_state["ptr"]), int(buffer_state["capacity"])
+    if size == cap and ptr:
+        raise DatasetError(f"{source}: the replay buffer has wrapped around; upto= needs an unwrapped buffer")
+    if not 0 < rows <= size:
+        raise DatasetError(f"{source}: upto={rows} must be in [1, {size}] (rows in the buffer)")
+    keys = ("observations", "actions", "rewards", "next_observations", "not_done")
+    return {**buffer_state, **{k: np.asarray(buffer_state[k])[:rows] for k in keys}, "size": rows, "ptr": rows}
 
 
 def save_replay(episodes: Sequence[dict[str, np.ndarray]], path: Path, meta: dict[str, Any]) -> None:
@@ -408,16 +412,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"| {r['id']} | {r['transitions']:,} | {r['episodes']:,} | {r['return_mean']:.1f} ± "
                       f"{r['return_std']:.1f} | {r['normalized_mean']:.1f} ± {r['normalized_std']:.1f} |")
         elif cmd == "replay":
-            kv = _kv(rest, ["run", "step", "name", "command"])
-            replay_from_run(Path(kv["run"]), int(kv["step"]), kv["name"], kv.get("command"))
+            kv = _kv(rest, ["run", "step", "name", "command", "upto"])
+            upto = int(kv["upto"]) if "upto" in kv else None
+            replay_from_run(Path(kv["run"]), int(kv["step"]), kv["name"], kv.get("command"), upto=upto)
         else:
             raise UserError(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
     except UserError as err:  # one [rlreg] line and a hint, exit code 2 (README: "Faults and bad input")
         raise user_exit(err) from None
 
 
-def replay_from_run(run_dir: Path, step: int, name: str, command: str | None = None) -> Path:
-    """Ship the replay buffer of an online SAC run's checkpoint at ``step`` as ``rlreg/assets/<name>_replay.npz``."""
+def replay_from_run(
+    run_dir: Path, step: int, name: str, command: str | None = None, upto: int | None = None
+) -> Path:
+    """Ship the replay buffer of an online SAC run's checkpoint at ``step`` as ``rlreg/assets/<name>_replay.npz``.
+
+    ``upto=n`` keeps the buffer's first ``n`` rows: the transitions of env steps ``0..n-1``, i.e. the buffer
+    the run had at step ``n``, taken from a later checkpoint (a single-env, 1-step buffer that has not wrapped).
+    """
     from rlreg.checkpoint import checkpoint_dir, load_checkpoint
 
     ckpt = checkpoint_dir(run_dir) / f"ckpt_{step:010d}.pt"
@@ -425,10 +436,14 @@ def replay_from_run(run_dir: Path, step: int, name: str, command: str | None = N
         raise DatasetError(f"{ckpt}: no checkpoint at step {step} in {run_dir}")
     state = load_checkpoint(ckpt)
     config = json.loads((run_dir / "config.json").read_text())
-    episodes = replay_episodes(state["extra"]["buffer"])
+    buffer = state["extra"]["buffer"]
+    if upto is not None:
+        buffer = buffer_prefix(buffer, upto, ckpt)
+    episodes = replay_episodes(buffer)
     out = ASSETS / f"{name}_replay.npz"
     save_replay(episodes, out, {"env": config["env"]["id"], "trained_by": {
-        "run_dir": str(run_dir), "checkpoint": ckpt.name, "env_steps": step, "seed": config["seed"],
+        "run_dir": str(run_dir), "checkpoint": ckpt.name, "env_steps": step if upto is None else upto,
+        "seed": config["seed"],
         "command": command}})
     print(f"[rlreg] wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(episodes)} episodes)")
     return out

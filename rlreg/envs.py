@@ -50,10 +50,40 @@ def _register_dm_control() -> None:
     _mujoco_compat_for_dm_control()
 
 
+class SimulationErrorAsTruncation(gym.Wrapper):
+    """Ends an episode as a truncation when the simulator gives up on it.
+
+    DeepMind Control raises ``dm_control.rl.control.PhysicsError`` when MuJoCo's state diverges (it happens
+    now and then on the 38-dim dog tasks under exploratory actions). Instead of killing a long run, that step
+    returns the last valid observation, reward 0, ``truncated=True`` and ``info["physics_error"]`` (the
+    message); the online trainer stores no transition for it and drops the episode's unfinished n-step rows
+    (docs/environments.md). ``errors`` are the exception types to catch.
+    """
+
+    def __init__(self, env: gym.Env, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__(env)
+        self.errors = errors
+        self._last_obs: Any = None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except self.errors as err:
+            return self._last_obs, 0.0, False, True, {"physics_error": f"{type(err).__name__}: {err}"}
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
+
+
 def make_env(config: EnvConfig) -> gym.Env:
     """Create the Gymnasium env of ``config``. ``dm_control/<domain>-<task>-v0`` ids (DeepMind Control via
     shimmy, docs/environments.md) get flattened float32 observations; their time limit (1000 steps) ends an
-    episode as a truncation, never a termination."""
+    episode as a truncation, never a termination, and so does a diverged simulation
+    (:class:`SimulationErrorAsTruncation`)."""
     if config.id.startswith("dm_control/"):
         _register_dm_control()
         kwargs = dict(config.kwargs)
@@ -62,9 +92,12 @@ def make_env(config: EnvConfig) -> gym.Env:
         env = gym.make(config.id, **kwargs)
         env = gym.wrappers.FlattenObservation(env)
         space = env.observation_space
-        return gym.wrappers.TransformObservation(
+        env = gym.wrappers.TransformObservation(
             env, lambda o: o.astype(np.float32), gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32)
         )
+        from dm_control.rl.control import PhysicsError
+
+        return SimulationErrorAsTruncation(env, (PhysicsError,))
     kwargs = dict(config.kwargs)
     if config.max_episode_steps is not None:
         kwargs["max_episode_steps"] = config.max_episode_steps

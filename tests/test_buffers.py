@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from rlreg.envs import SimulationErrorAsTruncation
 from rlreg.data import DatasetError, MixedSampler, OfflineBuffer, ReplayBuffer, TransitionDataset, make_reward_fn
 
 
@@ -189,3 +191,46 @@ def test_reward_transforms():
         make_reward_fn("return_range")
     with pytest.raises(DatasetError, match=r"dataset\.reward_transform.*'sqrt'.*identity, affine"):
         make_reward_fn("sqrt")
+
+
+class _Diverged(RuntimeError):
+    pass
+
+
+class _DivergesAtStep3(gym.Env):
+    """A counter env whose simulator 'diverges' on its third step."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 3:
+            raise _Diverged("Physics state is invalid")
+        return np.full(2, self.t, np.float32), 1.0, False, False, {}
+
+
+def test_a_diverged_simulation_ends_the_episode_and_its_pending_rows():
+    env = SimulationErrorAsTruncation(_DivergesAtStep3(), (_Diverged,))
+    env.reset()
+    buf = ReplayBuffer(16, 2, 1, gamma=0.5, n_step=3)
+    obs = np.zeros(2, np.float32)
+    for _ in range(2):
+        nxt, r, term, trunc, info = env.step(np.zeros(1, np.float32))
+        buf.add(obs, np.zeros(1), r, nxt, term, trunc)
+        obs = nxt
+    assert len(buf) == 0 and len(buf.writer) == 2  # two pending 3-step rows
+    nxt, r, term, trunc, info = env.step(np.zeros(1, np.float32))
+    assert (r, term, trunc) == (0.0, False, True) and "_Diverged: Physics state is invalid" in info["physics_error"]
+    np.testing.assert_array_equal(nxt, np.full(2, 2, np.float32))  # the last valid observation
+    assert buf.drop_pending() == 2 and len(buf.writer) == 0 and len(buf) == 0
+    assert env.reset()[0].tolist() == [0.0, 0.0] and env.step(np.zeros(1, np.float32))[3] is False
+    other = SimulationErrorAsTruncation(_DivergesAtStep3(), (KeyError,))
+    other.reset()
+    other.step(np.zeros(1)), other.step(np.zeros(1))
+    with pytest.raises(_Diverged):  # errors not listed still surface
+        other.step(np.zeros(1))

@@ -20,6 +20,7 @@ from rlreg.data.minari_io import _datasets_path
 from rlreg.data.sources import load_dataset
 from rlreg.datasets import (
     Recipe,
+    buffer_prefix,
     collect,
     dataset_id,
     export_hdf5,
@@ -197,6 +198,28 @@ def test_a_full_ring_is_read_oldest_first():
     got = replay_episodes(small.state_dict())
     flat = np.concatenate([ep["actions"] for ep in got])
     np.testing.assert_array_equal(flat, state["actions"][10:].numpy())
+
+
+def test_a_buffer_prefix_is_the_buffer_an_earlier_step_had():
+    buf, _ = rollout_into_buffer(300, max_len=40)
+    earlier = ReplayBuffer(10_000, buf.obs_dim, buf.act_dim)
+    state = buf.state_dict()
+    for i in range(170):  # the same run stopped at step 170
+        earlier.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
+                    1.0 - state["not_done"][i])
+    got, want = replay_episodes(buffer_prefix(state, 170)), replay_episodes(earlier.state_dict())
+    assert len(got) == len(want) > 3 and got[-1]["truncations"][-1]  # the cut episode ends in a truncation
+    for g, w in zip(got, want, strict=True):
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k])
+    with pytest.raises(DatasetError, match=r"upto=301 must be in \[1, 300\]"):
+        buffer_prefix(state, 301)
+    small = ReplayBuffer(50, buf.obs_dim, buf.act_dim)
+    for i in range(60):
+        small.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
+                  1.0 - state["not_done"][i])
+    with pytest.raises(DatasetError, match="wrapped around"):
+        buffer_prefix(small.state_dict(), 20)
 
 
 def test_bad_names_and_missing_sources_are_clear(tmp_path, capsys):

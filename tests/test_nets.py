@@ -301,6 +301,17 @@ def test_spectral_norm_top_singular_value():
     # "hidden" switch leaves the output layer unnormalised
     ens_h = EnsembleMLP(2, 3, (8,), 1, spectral_norm="hidden")
     assert ens_h.linears[0].spectral_norm and not ens_h.linears[1].spectral_norm
+    # scale c: every normalised layer has largest singular value c, so the output moves c^3 times as far
+    scaled = EnsembleMLP(4, 12, (32, 32), 1, spectral_norm=True, spectral_norm_scale=3.0)
+    scaled.load_state_dict(ens.state_dict())
+    scaled.eval()
+    for lin, ref in zip(scaled.linears, ens.linears):
+        s = torch.linalg.matrix_norm(lin.effective_weight().detach(), ord=2)
+        torch.testing.assert_close(s, 3.0 * torch.linalg.matrix_norm(ref.effective_weight().detach(), ord=2))
+    lin_net = EnsembleMLP(1, 12, (32,), 1, spectral_norm=True, spectral_norm_scale=2.0, activation=nn.Identity)
+    lin_net.eval()
+    jac = lin_net.linears[0].effective_weight()[0] @ lin_net.linears[1].effective_weight()[0]
+    assert float(jac.norm()) <= 4.0 + 1e-4  # a linear 2-layer net: Lipschitz <= c^2
     # critic with SN backprops
     c = EnsembleCritic(5, 2, 2, (16, 16), spectral_norm=True)
     c(torch.randn(4, 5), torch.randn(4, 2)).sum().backward()

@@ -176,6 +176,15 @@ class ReplayBuffer:
             obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
             self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
 
+    def drop_pending(self) -> int:
+        """Forget the n-step writer's unfinished rows (an episode that ended without a valid last observation,
+        e.g. a diverged simulation); returns how many were dropped."""
+        if self.writer is None:
+            return 0
+        count = len(self.writer)
+        self.writer.load_state_dict({"count": 0})
+        return count
+
     def _write(self, o: Tensor, a: Tensor, r: Tensor, no: Tensor, nd: Tensor, disc: Tensor) -> None:
         """Store finished rows (their rewards and discounts already summed over their k steps)."""
         n = o.shape[0]

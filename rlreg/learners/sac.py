@@ -79,6 +79,8 @@ class SACConfig:
     # spectral normalisation of the critics' linear layers: every layer, the hidden ones, or none (the
     # single-model Lipschitz agent, Zheng et al. 2023); the target critic keeps its own power iteration
     critic_spectral_norm: Literal["none", "all", "hidden"] = "none"
+    # c: each normalised layer is c * W / sigma(W), so Q is at most c^L-Lipschitz (1: the paper's plain SN)
+    critic_spectral_norm_scale: float = 1.0
     actor_q_reduce: Literal["min", "mean"] = "min"  # "min" (SAC, SAC-N) or "mean" (DroQ)
     # "sequential": the actor loss sees the critic after this step's update; "simultaneous": all losses from
     # the parameters at the start of the step (RORL).
@@ -90,6 +92,8 @@ class SACConfig:
     def __post_init__(self) -> None:
         check_actor_critic_config(self, positive=("actor_lr", "critic_lr", "alpha_lr", "init_alpha"))
         check_range("agent.critic_dropout", self.critic_dropout, low=0.0, high=1.0, high_open=True)
+        if not self.critic_spectral_norm_scale > 0:
+            raise ConfigError(f"agent.critic_spectral_norm_scale must be > 0, got {self.critic_spectral_norm_scale}")
         if self.log_std_bounds[0] >= self.log_std_bounds[1]:
             raise ConfigError(f"agent.log_std_bounds must be [low, high] with low < high, got {list(self.log_std_bounds)}")
 
@@ -138,6 +142,7 @@ class SACLearner(Learner):
                 layer_norm=config.critic_layer_norm,
                 dropout=config.critic_dropout,
                 spectral_norm=config.critic_spectral_norm,
+                spectral_norm_scale=config.critic_spectral_norm_scale,
                 init=config.critic_init if sacn else config.init,
             )
 

@@ -41,7 +41,8 @@ class EnsembleCritic(nn.Module):
       * ``"xavier"`` - ``xavier_uniform(gain=1)`` weights, zero biases (DroQ's REDQ code, docs/agents/droq.md).
     ``last_layer_init=w`` additionally re-draws the output layer ``U(-w, w)`` (SPOT AntMaze 3e-3,
     docs/agents/spot.md).  ``layer_norm``/``dropout`` follow the DroQ block order (docs/agents/droq.md);
-    ``spectral_norm`` (bool / ``"all"`` / ``"hidden"``) per docs/agents/mbpo_lipschitz.md.
+    ``spectral_norm`` (bool / ``"all"`` / ``"hidden"``) and its per-layer scale ``spectral_norm_scale`` per
+    docs/agents/mbpo_lipschitz.md.
     ``obs_normalizer`` is applied to ``obs`` before concatenation (RORL ``--norm_input``, 6.2).
     """
 
@@ -55,6 +56,7 @@ class EnsembleCritic(nn.Module):
         layer_norm: bool = False,
         dropout: float = 0.0,
         spectral_norm: bool | str = False,
+        spectral_norm_scale: float = 1.0,
         init: str = "pytorch",
         obs_normalizer: ObsNormalizer | None = None,
         last_layer_init: float | None = None,
@@ -66,7 +68,8 @@ class EnsembleCritic(nn.Module):
         self.act_dim = act_dim
         self.init = init
         self.net = EnsembleMLP(num_members, obs_dim + act_dim, hidden, 1, layer_norm=layer_norm,
-                               dropout=dropout, spectral_norm=spectral_norm)
+                               dropout=dropout, spectral_norm=spectral_norm,
+                               spectral_norm_scale=spectral_norm_scale)
         self.obs_normalizer = obs_normalizer if obs_normalizer is not None else ObsNormalizer()
         lins = list(self.net.linears)
         if init in ("corl", "rlkit"):

@@ -104,7 +104,8 @@ class EnsembleLinear(nn.Module):
     ``torch.nn.utils.parametrizations.spectral_norm(n_power_iterations=1)`` applied per member
     (15 warm-up iterations at construction, one iteration per training-mode forward, stored ``u``/``v``
     reused without iterating in eval mode, gradient flows through ``sigma = u^T W v`` with ``u, v``
-    constant).
+    constant). ``sn_scale=c`` multiplies the normalised weight: ``c * W / sigma``, a layer of Lipschitz constant c
+    (docs/agents/mbpo_lipschitz.md).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class EnsembleLinear(nn.Module):
         bias: bool = True,
         spectral_norm: bool = False,
         sn_eps: float = 1e-12,
+        sn_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.num_members = num_members
@@ -128,6 +130,7 @@ class EnsembleLinear(nn.Module):
             self.register_parameter("bias", None)
         self.spectral_norm = bool(spectral_norm)
         self.sn_eps = sn_eps
+        self.sn_scale = float(sn_scale)
         self.reset_parameters()
         if self.spectral_norm:
             u = F.normalize(torch.randn(num_members, out_features), dim=-1, eps=sn_eps)
@@ -161,11 +164,13 @@ class EnsembleLinear(nn.Module):
         return (torch.bmm(v.unsqueeze(1), self.weight).squeeze(1) * u).sum(-1)
 
     def effective_weight(self) -> Tensor:
-        """Weight used in the forward pass (``weight / sigma`` under spectral norm)."""
+        """Weight used in the forward pass (``sn_scale * weight / sigma`` under spectral norm)."""
         if not self.spectral_norm:
             return self.weight
         if self.training:
             self._power_iteration(1)
+        if self.sn_scale != 1.0:
+            return self.weight * (self.sn_scale / self.sigma()).view(-1, 1, 1)
         return self.weight / self.sigma().view(-1, 1, 1)
 
     # --- forward ----------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ class EnsembleLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_members={self.num_members}, in_features={self.in_features}, "
                 f"out_features={self.out_features}, bias={self.bias is not None}, "
-                f"spectral_norm={self.spectral_norm}")
+                f"spectral_norm={self.spectral_norm}" + (f", sn_scale={self.sn_scale}" if self.sn_scale != 1.0 else ""))
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -220,7 +225,9 @@ class EnsembleMLP(nn.Module):
     Hidden block: ``EnsembleLinear -> Dropout(p) -> EnsembleLayerNorm -> activation`` (same order as
     :func:`mlp`).  Dropout masks are drawn independently per member and element.
     ``spectral_norm``: ``True``/``"all"`` = every layer, ``"hidden"`` = all but the output layer
-    (docs/agents/mbpo_lipschitz.md ``sn_layers`` switch), ``False`` = none.
+    (docs/agents/mbpo_lipschitz.md ``sn_layers`` switch), ``False`` = none; ``spectral_norm_scale=c`` makes each
+    normalised layer c-Lipschitz (``c * W / sigma``), so the network is at most ``c^L``-Lipschitz over its L
+    normalised layers.
     """
 
     def __init__(
@@ -233,6 +240,7 @@ class EnsembleMLP(nn.Module):
         layer_norm: bool = False,
         dropout: float = 0.0,
         spectral_norm: bool | str = False,
+        spectral_norm_scale: float = 1.0,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
@@ -252,7 +260,7 @@ class EnsembleMLP(nn.Module):
         dims = [in_dim, *self.hidden, out_dim]
         self.linears = nn.ModuleList(
             EnsembleLinear(num_members, dims[i], dims[i + 1],
-                           spectral_norm=sn_hidden if i < len(dims) - 2 else sn_out)
+                           spectral_norm=sn_hidden if i < len(dims) - 2 else sn_out, sn_scale=spectral_norm_scale)
             for i in range(len(dims) - 1)
         )
         self.norms = nn.ModuleList(EnsembleLayerNorm(num_members, h) for h in self.hidden) if layer_norm else None

@@ -103,8 +103,12 @@ class OnlineTrainer(TrainerBase):
                 obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
                 action = self.learner.act(obs, deterministic=False, generator=self.generator)
             env_action = self.learner.action_spec.to_env(action)
-            next_obs, reward, terminated, truncated, _ = self.env.step(env_action)
-            self.buffer.add(self.obs, action, reward, next_obs, terminated, truncated)
+            next_obs, reward, terminated, truncated, info = self.env.step(env_action)
+            if "physics_error" in info:  # a diverged simulation: no transition, the episode ends (rlreg.envs)
+                self.buffer.drop_pending()
+                print(f"[rlreg] step {self.step}: {info['physics_error']}; episode ended as a truncation", flush=True)
+            else:
+                self.buffer.add(self.obs, action, reward, next_obs, terminated, truncated)
             self.episode_actions.append(env_action)
             self.episode_return += float(reward)
             self.obs = next_obs
