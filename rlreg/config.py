@@ -404,7 +404,8 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(str(err)) from None
     env = from_dict(EnvConfig, env_raw, "env") if env_raw else None
     raw.pop("tuned", None)
-    raw.pop("seeds", None)  # launcher option (rlreg.train: K seeds in one process), not part of one run's config
+    raw.pop("seeds", None)  # launcher options (rlreg.train: K seeds in one process, compile), not part of a run
+    raw.pop("compile", None)
     scalars = {f.name for f in dataclasses.fields(RunConfig)} - {"agent", "trainer", "logging", "dataset", "env"}
     unknown = sorted(set(raw) - scalars)
     if unknown:

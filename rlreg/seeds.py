@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from rlreg.config import ConfigError
 from rlreg.data.buffers import Batch, OfflineBuffer
 from rlreg.learners.base import adam
 from rlreg.learners.sac import SACLearner
@@ -48,26 +49,27 @@ STATELESS_REGULARIZERS = ("bc",)
 
 
 def check_supported(learner: nn.Module) -> None:
-    """Raise a clear error for a learner that K-seed training does not support yet."""
+    """Raise a :class:`~rlreg.config.ConfigError` (a ValueError) for a learner the stacked update does not support."""
     if isinstance(learner, SACLearner):
         cfg = learner.config
         if cfg.update_order != "sequential" or cfg.critic_dropout > 0 or learner.policy_prior is not None:
-            raise ValueError("seeds: vectorised K-seed training supports SAC with agent.update_order=sequential, "
-                             "no critic dropout and no policy prior (sac, sacn)")
+            raise ConfigError("seeds=[...] / compile=true: the stacked update supports SAC with "
+                             "agent.update_order=sequential, no critic dropout and no policy prior (sac, sacn)")
         if learner.regularizers:
-            raise ValueError(f"seeds: regularizer {learner.regularizers[0].name!r} is not supported by vectorised "
-                             "K-seed training of SAC-family agents")
+            raise ConfigError(f"seeds=[...] / compile=true: regularizer {learner.regularizers[0].name!r} is not "
+                             "supported by the stacked update of SAC-family agents")
         return
     if not isinstance(learner, TD3Learner):
-        raise ValueError(f"seeds: vectorised K-seed training supports TD3-family (td3, td3bc) and SAC-family "
-                         f"(sac, sacn) learners, not {type(learner).__name__}")
+        raise ConfigError(f"seeds=[...] / compile=true: the stacked update supports TD3-family (td3, td3bc) and "
+                         f"SAC-family (sac, sacn) learners, not {type(learner).__name__}")
     cfg = learner.config
     if cfg.actor_dropout > 0 or learner.critic_features:
-        raise ValueError("seeds: vectorised K-seed training does not support agent.actor_dropout > 0 or BEER")
+        raise ConfigError("seeds=[...] / compile=true: the stacked update does not support agent.actor_dropout > 0 "
+                         "or BEER")
     for reg in learner.regularizers:
         if reg.name not in STATELESS_REGULARIZERS or len(reg.modules) or reg.optimizers:
-            raise ValueError(f"seeds: regularizer {reg.name!r} is not supported by vectorised K-seed training "
-                             f"(supported: {', '.join(STATELESS_REGULARIZERS)})")
+            raise ConfigError(f"seeds=[...] / compile=true: regularizer {reg.name!r} is not supported by the stacked "
+                             f"update (supported: {', '.join(STATELESS_REGULARIZERS)})")
 
 
 def _base(module: nn.Module) -> nn.Module:

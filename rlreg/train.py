@@ -30,7 +30,8 @@ CONF_DIR = str(_CONF_PATH)
 def run_from_hydra(cfg: DictConfig) -> RunConfig:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    container.pop("seeds", None)  # a launcher option (K seeds in one process), not part of any one run
+    container.pop("seeds", None)  # launcher options (K seeds in one process, compiled updates), not part of any run
+    container.pop("compile", None)
     return to_run_config(container)  # type: ignore[arg-type]
 
 
@@ -78,11 +79,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = _is_multirun()
     try:
         run = run_from_hydra(cfg)
-        seeds = cfg.get("seeds")
-        if seeds:  # K runs, one per seed, trained in one process (rlreg/trainers/seeds.py)
+        seeds, compiled = cfg.get("seeds"), bool(cfg.get("compile", False))
+        if seeds or compiled:  # K runs (or one) trained in one process by rlreg.seeds.SeedStack (trainers/seeds.py)
             from rlreg.trainers.seeds import seed_runs, train_seeds
 
-            summaries = train_seeds(seed_runs(run, [int(s) for s in seeds]))
+            summaries = train_seeds(seed_runs(run, [int(s) for s in seeds or [run.seed]]), compile=compiled)
             for summary in summaries[:-1]:
                 report(summary)
             summary = summaries[-1]

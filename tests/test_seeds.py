@@ -152,3 +152,21 @@ def test_k_seed_training_writes_k_ordinary_runs(tmp_path, pendulum_dataset) -> N
     assert sa["step"] == sb["step"] == 40
     for key, value in sa["learner"]["networks"].items():
         torch.testing.assert_close(sb["learner"]["networks"][key], value, atol=ATOL, rtol=RTOL, msg=key)
+
+
+def test_compile_true_takes_the_stacked_update_path(tmp_path, pendulum_dataset) -> None:  # type: ignore[no-untyped-def]
+    """``compile=true`` on the command line trains through :class:`rlreg.seeds.SeedStack` (here refused for PRDC,
+    which the stacked update does not support, with an error that names the option); a run's stored config has
+    no ``compile`` key (a launcher option, like ``seeds``)."""
+    import json
+
+    from conftest import pendulum_offline_overrides
+    from test_faults import TINY, cli
+
+    out = cli(["agent=prdc", "compile=true", *pendulum_offline_overrides(pendulum_dataset), *TINY], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "compile=true" in out.stdout + out.stderr and "regularizer 'prdc'" in out.stdout + out.stderr
+    ok = cli(["agent=td3bc", "compile=false", *pendulum_offline_overrides(pendulum_dataset), *TINY], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
+    assert "compile" not in config and "seeds" not in config

@@ -44,7 +44,8 @@ def seed_runs(run: RunConfig, seeds: list[int]) -> list[RunConfig]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={seeds} must be a non-empty list of distinct integers")
     if run.trainer.mode != "offline":
-        raise ConfigError(f"seeds=[...] (K seeds in one process) supports trainer=offline, not {run.trainer.mode}")
+        raise ConfigError(f"seeds=[...] and compile=true (the stacked update, rlreg.seeds.SeedStack) support "
+                          f"trainer=offline, not {run.trainer.mode}")
     if run.run_dir:
         raise ConfigError("seeds=[...] needs the derived run directories (one per seed): do not set run_dir")
     return [dataclasses.replace(run, seed=int(s)) for s in seeds]
@@ -57,8 +58,9 @@ def _due(trainer: OfflineTrainer) -> bool:
             or step == t.total_steps or bool(t.snapshot_every and step % t.snapshot_every == 0) or trainer._stop)
 
 
-def train_seeds(runs: list[RunConfig], announce: bool = True) -> list[dict[str, Any]]:
-    """Train (or resume) the K runs ``runs`` (from :func:`seed_runs`) together; return their summaries."""
+def train_seeds(runs: list[RunConfig], announce: bool = True, compile: bool = False) -> list[dict[str, Any]]:
+    """Train (or resume) the K runs ``runs`` (from :func:`seed_runs`) together; return their summaries.
+    ``compile``: ``torch.compile`` the stacked update (:class:`rlreg.seeds.SeedStack`), eager being its oracle."""
     trainers = [OfflineTrainer(r, announce=announce) for r in runs]
     locked: list[OfflineTrainer] = []
     try:
@@ -78,16 +80,16 @@ def train_seeds(runs: list[RunConfig], announce: bool = True) -> list[dict[str, 
             raise ConfigError("seeds=[...]: the runs are at different steps ("
                               + ", ".join(f"seed {tr.run.seed}: {tr.step}" for tr in trainers)
                               + "); resume them one seed at a time")
-        return _train_together(trainers)
+        return _train_together(trainers, compile)
     finally:
         for tr in locked:
             tr._unlock_run_dir()
 
 
-def _train_together(trainers: list[OfflineTrainer]) -> list[dict[str, Any]]:
+def _train_together(trainers: list[OfflineTrainer], compile: bool = False) -> list[dict[str, Any]]:
     first = trainers[0]
     t = first.run.trainer
-    stack = SeedStack([tr.learner for tr in trainers])  # checks support; takes over the optimizer states
+    stack = SeedStack([tr.learner for tr in trainers], compile=compile)  # checks support; takes over optimizer states
     loggers = []
     for tr in trainers:
         eval_every = tr.run.trainer.eval_every
