@@ -91,7 +91,8 @@ def timed_rate(step: Callable[[int], None], device: torch.device, seconds: float
     return n / (time.perf_counter() - start)
 
 
-def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float) -> dict[str, float]:
+def bench_setup(agent: str, device: torch.device, data: TransitionDataset) -> tuple[torch.nn.Module, OfflineBuffer]:
+    """The learner of ``agent`` (defaults + :data:`OVERRIDES`) and a device buffer of ``data`` to update it from."""
     from conftest import compose
 
     run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
@@ -104,6 +105,11 @@ def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: fl
     else:
         buffer = OfflineBuffer(data, device=device)
         learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device, dataset=data, buffer=buffer))
+    return learner, buffer
+
+
+def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float) -> dict[str, float]:
+    learner, buffer = bench_setup(agent, device, data)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i: int) -> None:
