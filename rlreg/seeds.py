@@ -81,9 +81,12 @@ class SeedStack:
     """K copies of one TD3-family learner, updated together. ``learners[k]`` must be built exactly as the single
     run with seed ``seeds[k]`` builds it (same config); they are left untouched until :meth:`write_back`."""
 
-    def __init__(self, learners: Sequence[TD3Learner | SACLearner], compile: bool = False) -> None:
+    def __init__(
+        self, learners: Sequence[TD3Learner | SACLearner], compile: bool = False, fullgraph: bool = True
+    ) -> None:
         """``compile``: ``torch.compile`` the vmapped critic and actor losses (forward and backward; no graph
-        breaks: the target noise is drawn outside them). The eager path is the oracle (tests/test_seeds.py)."""
+        breaks: the target noise is drawn outside them). The eager path is the oracle (tests/test_seeds.py).
+        ``fullgraph=False`` lets a graph break pass instead of raising (``scripts/graph_breaks.py`` counts them)."""
         if not learners:
             raise ValueError("seeds: need at least one learner")
         for learner in learners:
@@ -124,8 +127,8 @@ class SeedStack:
             self._critic_losses = vmap(self._critic_loss, in_dims=(0, 0, 0, 0, 0, None))
             self._actor_losses = vmap(self._actor_loss, in_dims=(0, 0, 0, None))
         if compile:
-            self._critic_losses = torch.compile(self._critic_losses, fullgraph=True, dynamic=False)
-            self._actor_losses = torch.compile(self._actor_losses, fullgraph=True, dynamic=False)
+            self._critic_losses = torch.compile(self._critic_losses, fullgraph=fullgraph, dynamic=False)
+            self._actor_losses = torch.compile(self._actor_losses, fullgraph=fullgraph, dynamic=False)
         self.buffers_one = {name: {k: v[0] for k, v in b.items()} for name, b in self.buffers.items()}
         online, target = (("critic",), ("critic_target",)) if self.sac else (("actor", "critic"),
                                                                               ("actor_target", "critic_target"))
