@@ -147,6 +147,43 @@ def test_upper_bound_hint_never_changes_the_result() -> None:
         assert torch.equal(sq, exact_d)
 
 
+def test_each_query_is_pruned_at_its_own_bound_in_one_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call mixes bounds over twelve orders of magnitude (exact matches with bound 0, true distances, loose and
+    useless hints): every answer is exact, and the valid ones certify in the single lifted search (no ball query)."""
+    rng = np.random.default_rng(5)
+    keys = rng.standard_normal((4000, 5)).astype(np.float32)
+    tree = TreeIndex(torch.as_tensor(keys))
+    rows = rng.integers(0, 4000, 300)
+    queries = keys[rows].copy()
+    queries[100:] += rng.normal(0, 0.2, (200, 5)).astype(np.float32)
+    ref_i, ref_d = brute_force_reference(keys, queries)
+    bound = np.sqrt(ref_d) * np.geomspace(1.0, 1e4, 300)  # valid, from tight to 10^4 x loose
+    bound[:100] = 0.0  # the query is a key: distance 0
+    calls: list[int] = []
+
+    class CountingTree:  # cKDTree's methods are read-only: wrap it
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.query = inner.query
+            self._ball = inner.query_ball_point
+
+        def query_ball_point(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return self._ball(*args, **kwargs)
+
+    monkeypatch.setattr(tree, "tree", CountingTree(tree.tree))
+    idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
+    np.testing.assert_array_equal(idx.numpy(), ref_i)
+    np.testing.assert_array_equal(sq.numpy(), ref_d)
+    assert not calls, "a valid bound must certify without the ball-query fallback"
+    bound[::7] = np.nan  # useless hints (NaN, inf, absurd) are dropped per query, never trusted
+    bound[1::7] = np.inf
+    bound[2::7] = 1e200
+    bound[3::7] = 0.0  # wrong for the perturbed queries: they fall back to the exact ranking
+    idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
+    np.testing.assert_array_equal(idx.numpy(), ref_i)
+    np.testing.assert_array_equal(sq.numpy(), ref_d)
+
+
 def test_exact_distance_is_a_fixed_order_float64_sum() -> None:
     rows = torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.25]])
     q = torch.tensor([0.0, 0.0, 1.0])

@@ -16,13 +16,16 @@ Two backends, one definition:
 * :class:`TreeIndex` (CPU): ``scipy.spatial.cKDTree`` over the keys (float64; sliding-midpoint build, about
   a second for 1M x 23). One ``(k+1)``-NN search per query, pruned at a bound on the k-th distance: the
   caller's hint (PRDC: the batch row's own key is in the index) or, without one, a plain k-NN search
-  first. The search returns the k nearest and shows that the ``(k+1)``-th is strictly farther (more than
-  1e-9 relative, far above the tree's float64 rounding), so the answer is the k-th of them in the order
+  first. The search returns the k nearest and shows that the ``(k+1)``-th is strictly farther (by more than
+  1e-12 relative, 300x the tree's float64 rounding), so the answer is the k-th of them in the order
   above; otherwise (an exact tie, e.g. duplicated rows, or a wrong hint) every row within the k-th
-  distance is fetched with a ball query and ranked exactly. scipy takes one scalar bound per call, so
-  queries are searched in groups of similar bounds (1-64 groups, adapted to the search time; the
-  grouping only changes the speed). ``workers`` defaults to torch's CPU
-  thread count (the run's ``threads`` setting). See ``scripts/bench_knn.py`` for its cost next to a plain
+  distance is fetched with a ball query and ranked exactly. scipy takes one scalar bound per call, so each
+  query gets its own bound through one extra coordinate: the tree holds the keys with a zero column
+  appended, query ``q`` searches from ``(q, h_q)`` with ``h_q^2 = R^2 - b_q^2`` under the common radius ``R``,
+  and ``|(x, 0) - (q, h_q)|^2 = |x - q|^2 + h_q^2 <= R^2`` exactly when ``|x - q| <= b_q``: all queries in one
+  call, each pruned at its own bound (the certificate is checked on these augmented distances, whose order
+  per query is the order of the true ones). ``workers`` defaults to torch's CPU thread count (the run's
+  ``threads`` setting). See ``scripts/bench_knn.py`` for its cost next to the official plain
   ``KDTree.query(k=1)`` (which does not resolve ties).
 * :class:`AutoIndex` (the CPU default for large key sets): both of the paths below over the same keys; each
   query call goes to whichever is currently faster (timed while running; identical answers, so the choice
@@ -144,58 +147,40 @@ class TreeIndex(KNNIndex):
 
     backend = "tree"
 
-    def __init__(self, keys: Tensor, workers: int | None = None, leafsize: int = 16, groups: int = 0) -> None:
-        """``groups``: searches per query call (0: adaptive, see :meth:`_num_groups`); never changes results."""
+    def __init__(self, keys: Tensor, workers: int | None = None, leafsize: int = 8) -> None:
         from scipy.spatial import cKDTree
 
         super().__init__(keys)
         self.keys = keys.detach().to("cpu").contiguous()
         self._keys_np = self.keys.numpy()
         self.workers = workers
-        self.groups = groups
-        self._search_time: float | None = None
-        # sliding-midpoint splits (balanced_tree off) build 2-5x faster than median splits (1M x 23: ~1 s);
-        # compact nodes (shrunk bounding boxes) made the bounded searches 10-40% faster on random-walk keys and
-        # were even on iid keys (scripts/bench_knn.py data, 200k rows, 2026-12-03).
-        self.tree = cKDTree(self.keys.numpy().astype(np.float64), leafsize=leafsize, balanced_tree=False)
-        probe = self._keys_np[:32].astype(np.float64)
-        times = []
-        for _ in range(5):  # the fixed cost of one grouped call: a 32-key search that finds only exact matches,
-            start = time.perf_counter()  # with the query threads (starting them is most of that cost)
-            self.tree.query(probe[np.arange(32) % len(probe)], k=min(2, self.num_rows), distance_upper_bound=1e-30,
-                            workers=workers or torch.get_num_threads())
-            times.append(time.perf_counter() - start)
-        self._call_time = max(sorted(times)[2], 1e-6)
+        # sliding-midpoint splits (balanced_tree off) build 2-5x faster than median splits (1M x 23: ~1 s) and
+        # searched as fast or faster on scripts/bench_knn.py's data, as did leaves of 8 rows rather than 10-16
+        # (1M rows, 2026-12-03). The zero column carries each query's own bound (module docstring).
+        padded = np.zeros((self.num_rows, self.dim + 1), dtype=np.float64)
+        padded[:, : self.dim] = self._keys_np
+        self.tree = cKDTree(padded, leafsize=leafsize, balanced_tree=False)
 
-    def _num_groups(self, b: int) -> int:
-        """Groups of similar bounds per query call. Fewer groups waste search on the loosest bound of a group,
-        more groups pay scipy's fixed cost per call; ``sqrt(search time / call cost)`` balances the two (1..64,
-        from the previous calls' search time). Only the speed depends on it."""
-        if self.groups > 0:
-            return min(self.groups, b)
-        if self._search_time is None:
-            return min(16, b)
-        return int(min(max(round(math.sqrt(self._search_time / self._call_time)), 1), 64, b))
-    def _grouped(self, q64: np.ndarray, kk: int, bound: np.ndarray, workers: int) -> tuple[np.ndarray, ...]:
-        """``kk``-NN searches in groups of similar bounds (scipy takes one scalar bound per call), each pruned at
-        its group's largest bound: distances and indices ``(b, kk)`` (inf / N past the bound) and the limit used."""
-        b = q64.shape[0]
-        dist = np.empty((b, kk), dtype=np.float64)
-        idx = np.empty((b, kk), dtype=np.int64)
-        limit = np.empty(b, dtype=np.float64)
-        order = np.argsort(bound)
-        groups = self._num_groups(b)
-        edges = np.arange(groups + 1) * b // groups
-        start = time.perf_counter()
-        for g in range(groups):
-            sel = order[edges[g]:edges[g + 1]]
-            if sel.size:
-                limit[sel] = lim = float(bound[sel[-1]]) * (1 + 2e-9) + 2e-30
-                d, i = self.tree.query(q64[sel], k=kk, distance_upper_bound=lim, workers=workers)
-                dist[sel], idx[sel] = np.reshape(d, (sel.size, kk)), np.reshape(i, (sel.size, kk))
-        elapsed = time.perf_counter() - start
-        self._search_time = elapsed if self._search_time is None else 0.5 * (self._search_time + elapsed)
-        return dist, idx, limit
+    def _search(self, q64: np.ndarray, kk: int, workers: int, bound: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``kk``-NN search of the (B, D) queries: without ``bound``, plain distances; with one, each query pruned at
+        its own bound in a single call (module docstring): augmented distances and ``(B, kk)`` indices (inf / N
+        past the bound)."""
+        lift = np.zeros((q64.shape[0], 1))
+        if bound is not None:
+            radius = self._radius(bound)
+            # each bound is loosened by 1e-10 R^2 (only the speed depends on it), so that a row at distance b_q
+            # lies clearly inside R: its augmented distance plus the certificate's margin stays below R
+            lift[:, 0] = np.sqrt(np.maximum(radius * radius * (1 - 1e-10) - bound * bound, 0.0))
+        d, i = self.tree.query(np.concatenate([q64, lift], 1), k=[kk] if kk == 1 else kk,
+                               distance_upper_bound=np.inf if bound is None else radius, workers=workers)
+        return np.reshape(d, (-1, kk)), np.reshape(i, (-1, kk))
+
+    @staticmethod
+    def _radius(bound: np.ndarray) -> float:
+        """The common search radius R of a call: the largest bound, loosened by 1e-11 relative (and 1e-20 absolute,
+        so that an all-zero bound, exact matches, still certifies)."""
+        return float(bound.max()) * (1 + 1e-11) + 1e-20
 
     def query(self, queries: Tensor, k: int = 1, upper_bound: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``upper_bound`` (optional, (B,)): a claimed bound on each query's k-th neighbour *distance*; it only
@@ -212,7 +197,10 @@ class TreeIndex(KNNIndex):
             bound = np.full(b, np.inf)
         else:
             bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
-            bound = np.where(np.isfinite(bound) & (bound >= 0), bound, np.inf)  # a useless hint: no pruning
+            usable = np.isfinite(bound) & (bound >= 0) & (bound < 1e150)  # R^2 must stay finite
+            # a useless hint: no pruning; the others are loosened by 1e-6 relative, so that a bound computed in
+            # float32 (off by ~1e-7 relative) still holds: a bound that fails costs a second search
+            bound = np.where(usable, bound * (1 + 1e-6), np.inf)
         out_i = self._certified(q32, q64, k, bound, workers)
         sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())
         return torch.from_numpy(out_i).to(device), torch.from_numpy(sq).to(device)
@@ -225,27 +213,28 @@ class TreeIndex(KNNIndex):
         if not np.isfinite(bound).all():  # no (usable) bound: the k-th distance from a plain k-NN search
             free = ~np.isfinite(bound)
             bound = bound.copy()
-            bound[free] = np.asarray(self.tree.query(q64[free], k=[k], workers=workers)[0], np.float64).reshape(-1)
+            bound[free] = self._search(q64[free], k, workers)[0][:, k - 1]
         kk = min(k + 1, self.num_rows)
-        dist, idx, limit = self._grouped(q64, kk, bound, workers)
+        dist, idx = self._search(q64, kk, workers, bound)
         # the k-th is well inside the searched radius, so any row tied with it (up to the tree's float64
-        # rounding, ~1e-16 relative) was searched too; inf (fewer than k rows within a wrong bound) fails
-        reach = dist[:, k - 1] * (1 + 1e-9) + 1e-30
-        good = reach < limit
+        # rounding, ~(D + 1) 1e-16 relative on the squares) was searched too; inf (fewer than k rows within a
+        # wrong bound) fails. The margin is relative to the augmented distance, the same for all rows of a query.
+        reach = dist[:, k - 1] * (1 + 1e-12) + 1e-30
+        good = reach < self._radius(bound)
         if kk > k:
             good &= dist[:, k] > reach  # the (k+1)-th is strictly farther (inf: nothing more within the bound)
         sel = np.flatnonzero(good)
-        if sel.size:
+        if k == 1:
+            out_i[sel] = idx[sel, 0]
+        elif sel.size:  # the k nearest are known as a set; the k-th in (distance, index) order is the answer
             rows = torch.from_numpy(idx[sel, :k])
-            if k == 1:
-                out_i[sel] = idx[sel, 0]
-            else:  # the k nearest are known as a set; the k-th in (distance, index) order is the answer
-                exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(sel)].unsqueeze(1))
-                out_i[sel] = kth_in_rows(exact, rows, k)[1].numpy()
+            exact = exact_sq_dist(self.keys[rows], q32[torch.from_numpy(sel)].unsqueeze(1))
+            out_i[sel] = kth_in_rows(exact, rows, k)[1].numpy()
         rest = np.flatnonzero(~good)
         if rest.size:  # exact ties at the k-th distance (e.g. duplicated rows) or a wrong upper_bound
-            radius = np.asarray(self.tree.query(q64[rest], k=[k], workers=workers)[0], dtype=np.float64).reshape(-1)
-            hits = self.tree.query_ball_point(q64[rest], radius * (1 + 4e-9) + 1e-30, workers=workers,
+            q_rest = np.concatenate([q64[rest], np.zeros((rest.size, 1))], 1)  # on the zero column: plain distances
+            radius = self._search(q64[rest], k, workers)[0][:, k - 1]
+            hits = self.tree.query_ball_point(q_rest, radius * (1 + 4e-9) + 1e-30, workers=workers,
                                               return_sorted=False)
             counts = torch.tensor([len(h) for h in hits], dtype=torch.int64)
             rows = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]))
