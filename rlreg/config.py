@@ -429,6 +429,12 @@ def validate(run: RunConfig) -> None:
         raise ConfigError("trainer.mode=finetune needs the dataset of the offline run: add dataset=<name>")
     if t.mode == "online" and run.env is None:
         raise ConfigError("trainer.mode=online needs an environment: add env=<name> (see conf/env/)")
+    from rlreg.learners import LEARNERS  # the package: every learner registered
+
+    modes = LEARNERS[run.agent.learner].trainer_modes
+    if t.mode not in modes:
+        raise ConfigError(f"agent={run.agent.name} (learner {run.agent.learner}) trains with trainer="
+                          f"{' or '.join(modes)} only, not trainer.mode={t.mode}")
     # numeric ranges and string choices of the trainer, dataset, env, logging and run options are checked by
     # their dataclasses (__post_init__) as they are built; the learners' and regularizers' configs check theirs
     if run.env is not None and run.env.id is None:

@@ -28,7 +28,7 @@ fails there.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,28 +48,36 @@ NETS = ("actor", "critic", "actor_target", "critic_target")  # TD3 family; SAC f
 STATELESS_REGULARIZERS = ("bc",)
 
 
-def check_supported(learner: nn.Module) -> None:
-    """Raise a :class:`~rlreg.config.ConfigError` (a ValueError) for a learner the stacked update does not support."""
-    if isinstance(learner, SACLearner):
-        cfg = learner.config
-        if cfg.update_order != "sequential" or cfg.critic_dropout > 0 or learner.policy_prior is not None:
-            raise ConfigError("seeds=[...] / compile=true: the stacked update supports SAC with "
-                             "agent.update_order=sequential, no critic dropout and no policy prior (sac, sacn)")
-        if learner.regularizers:
-            raise ConfigError(f"seeds=[...] / compile=true: regularizer {learner.regularizers[0].name!r} is not "
-                             "supported by the stacked update of SAC-family agents")
+def check_supported_config(learner: str, config: Any, regularizers: Sequence[str]) -> None:
+    """Raise a :class:`~rlreg.config.ConfigError` naming the option when the stacked update cannot train the
+    learner ``learner`` (its registered name) with ``config`` and these regularizers. Checked from the run's
+    config before anything is written (:func:`rlreg.trainers.seeds.seed_runs`)."""
+    what = "seeds=[...] / compile=true (the stacked update)"
+    if learner == "sac":
+        if config.update_order != "sequential" or config.critic_dropout > 0:
+            raise ConfigError(f"{what} supports SAC with agent.update_order=sequential and agent.critic_dropout=0 "
+                              f"(sac, sacn), got update_order={config.update_order}, "
+                              f"critic_dropout={config.critic_dropout}")
+        if regularizers:
+            raise ConfigError(f"{what}: regularizer {regularizers[0]!r} is not supported with SAC-family agents")
         return
-    if not isinstance(learner, TD3Learner):
+    if learner != "td3":
+        raise ConfigError(f"{what} supports TD3-family (td3, td3bc) and SAC-family (sac, sacn) agents, not "
+                          f"agent.learner={learner}")
+    if config.actor_dropout > 0:
+        raise ConfigError(f"{what} does not support agent.actor_dropout > 0 (got {config.actor_dropout})")
+    for name in regularizers:
+        if name not in STATELESS_REGULARIZERS:
+            raise ConfigError(f"{what}: regularizer {name!r} is not supported (supported: "
+                              f"{', '.join(STATELESS_REGULARIZERS)})")
+
+
+def check_supported(learner: nn.Module) -> None:
+    """:func:`check_supported_config` for a built learner (a :class:`SeedStack` made outside a run)."""
+    if not isinstance(learner, (SACLearner, TD3Learner)):
         raise ConfigError(f"seeds=[...] / compile=true: the stacked update supports TD3-family (td3, td3bc) and "
-                         f"SAC-family (sac, sacn) learners, not {type(learner).__name__}")
-    cfg = learner.config
-    if cfg.actor_dropout > 0 or learner.critic_features:
-        raise ConfigError("seeds=[...] / compile=true: the stacked update does not support agent.actor_dropout > 0 "
-                         "or BEER")
-    for reg in learner.regularizers:
-        if reg.name not in STATELESS_REGULARIZERS or len(reg.modules) or reg.optimizers:
-            raise ConfigError(f"seeds=[...] / compile=true: regularizer {reg.name!r} is not supported by the stacked "
-                             f"update (supported: {', '.join(STATELESS_REGULARIZERS)})")
+                          f"SAC-family (sac, sacn) learners, not {type(learner).__name__}")
+    check_supported_config(type(learner).name, learner.config, [reg.name for reg in learner.regularizers])
 
 
 def _base(module: nn.Module) -> nn.Module:

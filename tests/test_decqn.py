@@ -465,3 +465,15 @@ def test_bad_options_are_refused_naming_them() -> None:
                             ("agent.target=redq agent.redq_subset=11", "agent.redq_subset")]:
         with pytest.raises(ConfigError, match=match):
             to_run_config(compose(["agent=revalued", *override.split()]))
+
+
+@pytest.mark.parametrize("agent", ["decqn", "revalued", "mbpo"])
+def test_online_only_learners_refuse_offline_and_finetune_trainers(agent: str) -> None:
+    """DecQN's discrete bins and MBPO's model rollouts need the online trainer: other modes are refused by name."""
+    from conftest import compose
+
+    from rlreg.config import ConfigError, to_run_config
+
+    for mode in ("offline", "finetune"):
+        with pytest.raises(ConfigError, match=f"trains with trainer=online only, not trainer.mode={mode}"):
+            to_run_config(compose([f"agent={agent}", f"trainer={mode}", "dataset=hopper-embedded"]))

@@ -82,6 +82,22 @@ def test_unsupported_agents_are_named() -> None:
         SeedStack([build("prdc", 0, data, buffer)])
 
 
+def test_seed_runs_checks_the_config_before_anything_is_written() -> None:
+    """The launcher's checks (:func:`rlreg.trainers.seeds.seed_runs`) name the option, from the config alone."""
+    from rlreg.trainers.seeds import seed_runs
+
+    base = ["dataset=hopper-embedded"]
+    run = to_run_config(compose(["agent=td3bc", *base, "run_dir=/tmp/one_run"]))
+    assert [r.seed for r in seed_runs(run, [3])] == [3]  # one seed (compile=true): an explicit run_dir is fine
+    with pytest.raises(ValueError, match="do not set run_dir"):
+        seed_runs(run, [0, 1])
+    for agent, extra, match in [("prdc", [], "regularizer 'prdc'"), ("sacn", ["+agent.critic_dropout=0.1"], "critic_dropout"),
+                                ("edac", [], "regularizer 'edac'"), ("td3bc", ["+agent.actor_dropout=0.1"],
+                                                                      "actor_dropout")]:
+        with pytest.raises(ValueError, match=match):
+            seed_runs(to_run_config(compose([f"agent={agent}", *base, *extra])), [0, 1])
+
+
 def test_compiled_update_agrees_with_the_eager_oracle() -> None:
     """``torch.compile`` of the vmapped losses (fullgraph, so no graph breaks) against the eager stack: same
     metrics and parameters after 6 updates (3 actor steps) from the same state, to float32 rounding (inductor
@@ -166,6 +182,7 @@ def test_compile_true_takes_the_stacked_update_path(tmp_path, pendulum_dataset) 
     out = cli(["agent=prdc", "compile=true", *pendulum_offline_overrides(pendulum_dataset), *TINY], tmp_path)
     assert out.returncode == 2, out.stderr
     assert "compile=true" in out.stdout + out.stderr and "regularizer 'prdc'" in out.stdout + out.stderr
+    assert not list(tmp_path.rglob("config.json")), "a refused launch must not create a run directory"
     ok = cli(["agent=td3bc", "compile=false", *pendulum_offline_overrides(pendulum_dataset), *TINY], tmp_path)
     assert ok.returncode == 0, ok.stderr
     config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())

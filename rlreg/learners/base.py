@@ -193,6 +193,8 @@ class Learner(nn.Module):
     provides: frozenset[str] = frozenset()
     # Metrics of this learner the progress bar shows (last log window), e.g. MBPO's "model/holdout_mse".
     progress_keys: tuple[str, ...] = ()
+    # The trainer modes (trainer.mode) it can train with; rlreg.config.validate refuses the others.
+    trainer_modes: tuple[str, ...] = ("offline", "online", "finetune")
 
     def __init__(self, setup: "SetupContext", regularizers: Sequence["Regularizer"] = ()) -> None:
         super().__init__()

@@ -170,6 +170,7 @@ class DecQNLearner(Learner):
     """DecQN (``agent=decqn``) and REValueD (``agent=revalued``) on a discretised action space."""
 
     provides = frozenset({"target_utilities"})
+    trainer_modes = ("online",)  # its n-step replay of discrete bins; the offline buffers hold continuous actions
 
     def __init__(self, setup: SetupContext, config: DecQNConfig, regularizers: Sequence[Regularizer] = ()) -> None:
         super().__init__(setup, regularizers)

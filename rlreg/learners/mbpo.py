@@ -164,6 +164,7 @@ class MBPOLearner(SACLearner):
     config: MBPOConfig
     provides = SACLearner.provides | {"state_std"}
     progress_keys = ("model/holdout_mse",)  # shown in the progress bar next to env steps and updates
+    trainer_modes = ("online",)  # the model is trained and rolled out from the online trainer's env-step hook
 
     def __init__(self, setup: SetupContext, config: MBPOConfig, regularizers: Sequence[Regularizer] = ()) -> None:
         super().__init__(setup, config, regularizers)

@@ -21,7 +21,7 @@ from typing import Any
 
 from rlreg.config import ConfigError, RunConfig
 from rlreg.logging import RunLogger, progress_bar
-from rlreg.seeds import SeedStack
+from rlreg.seeds import SeedStack, check_supported_config
 from rlreg.runs import config_to_dict, run_name, task_name
 from rlreg.trainers.offline import OfflineTrainer
 
@@ -46,8 +46,10 @@ def seed_runs(run: RunConfig, seeds: list[int]) -> list[RunConfig]:
     if run.trainer.mode != "offline":
         raise ConfigError(f"seeds=[...] and compile=true (the stacked update, rlreg.seeds.SeedStack) support "
                           f"trainer=offline, not {run.trainer.mode}")
-    if run.run_dir:
-        raise ConfigError("seeds=[...] needs the derived run directories (one per seed): do not set run_dir")
+    if run.run_dir and len(seeds) > 1:
+        raise ConfigError("seeds=[...] with more than one seed needs the derived run directories (one per seed): "
+                          "do not set run_dir")
+    check_supported_config(run.agent.learner, run.agent.learner_config, list(run.agent.regularizers))
     return [dataclasses.replace(run, seed=int(s)) for s in seeds]
 
 
@@ -62,19 +64,21 @@ def train_seeds(runs: list[RunConfig], announce: bool = True, compile: bool = Fa
     """Train (or resume) the K runs ``runs`` (from :func:`seed_runs`) together; return their summaries.
     ``compile``: ``torch.compile`` the stacked update (:class:`rlreg.seeds.SeedStack`), eager being its oracle."""
     trainers = [OfflineTrainer(r, announce=announce) for r in runs]
+    first = trainers[0]
     locked: list[OfflineTrainer] = []
     try:
         for i, tr in enumerate(trainers):
             tr._seed()  # as a single run: seed, data, run dir, then build the learner (the same initialisation)
-            tr._load_data()
+            if i == 0:
+                tr._load_data()
+            else:  # the runs differ only in their seed: one copy of the dataset and its device buffer for all
+                tr.data, tr.data_fingerprint, tr.data_source = first.data, first.data_fingerprint, first.data_source
             state = tr._prepare_run_dir()
             locked.append(tr)
             tr.resuming = state is not None
             tr._setup()
             if state is not None:
                 tr._restore(state)
-            if i:  # one copy of the dataset on the device for all seeds (identical data)
-                tr.buffer = trainers[0].buffer
         steps = {tr.step for tr in trainers}
         if len(steps) > 1:
             raise ConfigError("seeds=[...]: the runs are at different steps ("
