@@ -56,8 +56,8 @@ class SimulationErrorAsTruncation(gym.Wrapper):
     DeepMind Control raises ``dm_control.rl.control.PhysicsError`` when MuJoCo's state diverges (it happens
     now and then on the 38-dim dog tasks under exploratory actions). Instead of killing a long run, that step
     returns the last valid observation, reward 0, ``truncated=True`` and ``info["physics_error"]`` (the
-    message); the online trainer stores no transition for it and drops the episode's unfinished n-step rows
-    (docs/environments.md). ``errors`` are the exception types to catch.
+    message); the online trainer stores no transition for it and ends the episode's unfinished n-step rows as
+    on a time limit, bootstrapping from that last valid observation (docs/environments.md). ``errors`` are the exception types to catch.
     """
 
     def __init__(self, env: gym.Env, errors: tuple[type[BaseException], ...]) -> None:

@@ -214,7 +214,7 @@ class _DivergesAtStep3(gym.Env):
         return np.full(2, self.t, np.float32), 1.0, False, False, {}
 
 
-def test_a_diverged_simulation_ends_the_episode_and_its_pending_rows():
+def test_a_diverged_simulation_ends_the_episode_as_a_truncation():
     env = SimulationErrorAsTruncation(_DivergesAtStep3(), (_Diverged,))
     env.reset()
     buf = ReplayBuffer(16, 2, 1, gamma=0.5, n_step=3)
@@ -227,10 +227,28 @@ def test_a_diverged_simulation_ends_the_episode_and_its_pending_rows():
     nxt, r, term, trunc, info = env.step(np.zeros(1, np.float32))
     assert (r, term, trunc) == (0.0, False, True) and "_Diverged: Physics state is invalid" in info["physics_error"]
     np.testing.assert_array_equal(nxt, np.full(2, 2, np.float32))  # the last valid observation
-    assert buf.drop_pending() == 2 and len(buf.writer) == 0 and len(buf) == 0
+    # the two pending rows end as on a time limit at the last valid observation: 2-step and 1-step rows
+    assert buf.end_episode(nxt) == 2 and len(buf.writer) == 0 and len(buf) == 2
+    np.testing.assert_allclose(buf.rewards[:2].numpy(), [1.0 + 0.5 * 1.0, 1.0])
+    np.testing.assert_allclose(buf.discounts[:2].numpy(), [0.25, 0.5])  # bootstrapped: gamma^k
+    np.testing.assert_array_equal(buf.next_observations[:2].numpy(), np.full((2, 2), 2, np.float32))
+    assert buf.end_episode(nxt) == 0  # nothing pending
     assert env.reset()[0].tolist() == [0.0, 0.0] and env.step(np.zeros(1, np.float32))[3] is False
     other = SimulationErrorAsTruncation(_DivergesAtStep3(), (KeyError,))
     other.reset()
     other.step(np.zeros(1)), other.step(np.zeros(1))
     with pytest.raises(_Diverged):  # errors not listed still surface
         other.step(np.zeros(1))
+
+
+def test_a_rejected_replay_state_changes_nothing():
+    buf = ReplayBuffer(8, 2, 1, gamma=0.5, n_step=3)
+    buf.add(np.zeros(2), np.zeros(1), 1.0, np.ones(2), False)
+    donor = ReplayBuffer(8, 2, 1, gamma=0.5, n_step=3)
+    for t in range(4):
+        donor.add(np.full(2, t), np.zeros(1), 2.0, np.full(2, t + 1), False)
+    state = donor.state_dict()
+    state["discounts"] = state["discounts"][:1]  # wrong length: checked after the other keys
+    with pytest.raises(ValueError, match="'discounts' has shape"):
+        buf.load_state_dict(state)
+    assert len(buf) == 0 and len(buf.writer) == 1 and float(buf.observations.abs().sum()) == 0.0

@@ -177,11 +177,18 @@ def test_each_query_is_pruned_at_its_own_bound_in_one_search(monkeypatch: pytest
     assert not calls, "a valid bound must certify without the ball-query fallback"
     bound[::7] = np.nan  # useless hints (NaN, inf, absurd) are dropped per query, never trusted
     bound[1::7] = np.inf
-    bound[2::7] = 1e200
+    bound[2::7] = 1e200  # far above the batch's other bounds: searched without it
     bound[3::7] = 0.0  # wrong for the perturbed queries: they fall back to the exact ranking
     idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
     np.testing.assert_array_equal(idx.numpy(), ref_i)
     np.testing.assert_array_equal(sq.numpy(), ref_d)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_empty_batch_of_queries_returns_empty_results(path: str) -> None:
+    keys = np.random.default_rng(6).standard_normal((200, 3)).astype(np.float32)
+    idx, sq = index(keys, path).query(torch.empty(0, 3), upper_bound=torch.empty(0))
+    assert idx.shape == (0,) and idx.dtype == torch.int64 and sq.shape == (0,)
 
 
 def test_exact_distance_is_a_fixed_order_float64_sum() -> None:

@@ -176,14 +176,16 @@ class ReplayBuffer:
             obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
             self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
 
-    def drop_pending(self) -> int:
-        """Forget the n-step writer's unfinished rows (an episode that ended without a valid last observation,
-        e.g. a diverged simulation); returns how many were dropped."""
-        if self.writer is None:
+    def end_episode(self, last_obs: Any) -> int:
+        """End the episode as a truncation after the last added transition, whose next observation is ``last_obs``
+        (e.g. the step after it diverged and is not stored): the n-step writer's pending transitions are written
+        with bootstrap from ``last_obs``, as on a time limit. Returns how many rows were written."""
+        if self.writer is None or not len(self.writer):
             return 0
-        count = len(self.writer)
-        self.writer.load_state_dict({"count": 0})
-        return count
+        rows = self.writer.flush(self._t(last_obs, torch.float32).reshape(self.obs_dim))
+        obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
+        self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
+        return int(obs_k.shape[0])
 
     def _write(self, o: Tensor, a: Tensor, r: Tensor, no: Tensor, nd: Tensor, disc: Tensor) -> None:
         """Store finished rows (their rewards and discounts already summed over their k steps)."""
@@ -221,8 +223,7 @@ class ReplayBuffer:
         order = torch.arange(self.size, device=self.device)
         if self.size == self._capacity:
             order = (order + self.ptr) % self._capacity
-        rows = [getattr(self, key)[order] for key in ("observations", "actions", "rewards", "next_observations",
-                                                        "not_done", "discounts")]
+        rows = [getattr(self, key)[order] for key in BUFFER_ROWS]
         new._write(*rows)
         return new
 
@@ -239,8 +240,6 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` from a buffer of the same capacity and dims."""
-        if self.writer is not None:
-            self.writer.load_state_dict(state.get("nstep_pending", {"count": 0}), self.device)
         size, ptr, cap = int(state["size"]), int(state["ptr"]), int(state["capacity"])
         if cap != self._capacity:
             raise ValueError(f"ReplayBuffer.load_state_dict: saved capacity {cap} != this buffer's {self._capacity}")
@@ -248,16 +247,19 @@ class ReplayBuffer:
             raise ValueError(f"ReplayBuffer.load_state_dict: inconsistent size {size} / ptr {ptr} for capacity {cap}")
         if "discounts" not in state:  # written before discounts were stored: one-step rows
             state = {**state, "discounts": state["not_done"] * self.gamma}  # type: ignore[operator]
-        for key in BUFFER_ROWS:
-            src = state[key]
+        for key in BUFFER_ROWS:  # every check before any write: a rejected state changes nothing
+            src, dst = state[key], getattr(self, key)
             assert isinstance(src, Tensor)
-            dst = getattr(self, key)
             if src.shape[0] != size or src.shape[1:] != dst.shape[1:]:
                 raise ValueError(
                     f"ReplayBuffer.load_state_dict: '{key}' has shape {tuple(src.shape)}; expected "
                     f"({size}, {', '.join(map(str, dst.shape[1:]))})"
                 )
-            dst[:size] = src.to(device=self.device, dtype=dst.dtype)
+        if self.writer is not None:
+            self.writer.load_state_dict(state.get("nstep_pending", {"count": 0}), self.device)
+        for key in BUFFER_ROWS:
+            dst = getattr(self, key)
+            dst[:size] = state[key].to(device=self.device, dtype=dst.dtype)
         self.size, self.ptr = size, ptr
 
 
@@ -339,6 +341,10 @@ class NStepWriter:
         if len(self._rewards) == self.n_step:
             return self._rows(1, next_obs, False)
         return None
+
+    def flush(self, next_obs: Tensor) -> tuple[Tensor, ...]:
+        """The pending transitions' rows as on a truncation at ``next_obs`` (the observation after the last one)."""
+        return self._rows(len(self._rewards), next_obs, False)
 
     def state_dict(self) -> dict[str, Any]:
         if not self._rewards:

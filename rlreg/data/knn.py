@@ -48,7 +48,6 @@ Two backends, one definition:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Iterator
 
@@ -192,14 +191,21 @@ class TreeIndex(KNNIndex):
         if not np.isfinite(q64).all():
             raise ValueError("nearest-neighbour query: some query keys are not finite (NaN/inf)")
         b = q64.shape[0]
+        if b == 0:
+            return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, dtype=torch.float64, device=device)
         workers = self.workers or torch.get_num_threads()
         if upper_bound is None:
             bound = np.full(b, np.inf)
         else:
             bound = upper_bound.detach().to("cpu", torch.float64).numpy().reshape(b)
-            usable = np.isfinite(bound) & (bound >= 0) & (bound < 1e150)  # R^2 must stay finite
-            # a useless hint: no pruning; the others are loosened by 1e-6 relative, so that a bound computed in
-            # float32 (off by ~1e-7 relative) still holds: a bound that fails costs a second search
+            usable = np.isfinite(bound) & (bound >= 0)
+            positive = usable & (bound > 0)
+            if positive.any():  # one call shares the radius R = the largest bound: a bound 1e4x the batch's
+                # median would lift the others so far that float64 hides their distances (no pruning, no certificate)
+                usable &= bound <= 1e4 * float(np.median(bound[positive]))
+            # a useless hint: no pruning (a plain k-NN search first); the others are loosened by 1e-6 relative,
+            # so that a bound computed in float32 (off by ~1e-7 relative) still holds: a bound that fails costs
+            # a second search
             bound = np.where(usable, bound * (1 + 1e-6), np.inf)
         out_i = self._certified(q32, q64, k, bound, workers)
         sq = exact_sq_dist(self._keys_np[out_i], q32.numpy())

@@ -105,8 +105,8 @@ class OnlineTrainer(TrainerBase):
             env_action = self.learner.action_spec.to_env(action)
             next_obs, reward, terminated, truncated, info = self.env.step(env_action)
             if "physics_error" in info:  # a diverged simulation: no transition, the episode ends (rlreg.envs)
-                self.buffer.drop_pending()
-                print(f"[rlreg] step {self.step}: {info['physics_error']}; episode ended as a truncation", flush=True)
+                self.buffer.end_episode(self.obs)  # pending n-step rows bootstrap from the last valid observation
+                self._say(f"step {self.step}: {info['physics_error']}; episode ended as a truncation")
             else:
                 self.buffer.add(self.obs, action, reward, next_obs, terminated, truncated)
             self.episode_actions.append(env_action)
