@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from rlreg.config import load_env_config
+from rlreg.data.buffers import BUFFER_ROWS
 from rlreg.data.dataset import TransitionDataset
 from rlreg.data.errors import DatasetError
 from rlreg.errors import UserError, user_exit
@@ -182,15 +183,17 @@ def replay_episodes(buffer_state: dict[str, Any]) -> list[dict[str, np.ndarray]]
     return episodes
 
 
-def buffer_prefix(buffer_state: dict[str, Any], rows: int, source: Path | str = "buffer") -> dict[str, Any]:
-    """The first ``rows`` rows of a replay buffer's state (a buffer that has not wrapped around)."""
-    size, ptr, cap = int(buffer_state["size"]), int(buffer_state["ptr"]), int(buffer_state["capacity"])
-    if size == cap and ptr:
-        raise DatasetError(f"{source}: the replay buffer has wrapped around; upto= needs an unwrapped buffer")
+def buffer_prefix(buffer_state: dict[str, Any], rows: int, added: int, source: Path | str = "buffer") -> dict[str, Any]:
+    """The first ``rows`` rows of a replay buffer's state that received ``added`` rows in all (the run's env
+    steps): only a buffer that never wrapped around still holds them."""
+    size, cap = int(buffer_state["size"]), int(buffer_state["capacity"])
+    if added > cap:
+        raise DatasetError(f"{source}: the replay buffer has wrapped around ({added} rows into {cap}); upto= needs "
+                           "a checkpoint from before the buffer was full")
     if not 0 < rows <= size:
         raise DatasetError(f"{source}: upto={rows} must be in [1, {size}] (rows in the buffer)")
-    keys = ("observations", "actions", "rewards", "next_observations", "not_done")
-    return {**buffer_state, **{k: np.asarray(buffer_state[k])[:rows] for k in keys}, "size": rows, "ptr": rows}
+    prefix = {k: np.asarray(buffer_state[k])[:rows] for k in BUFFER_ROWS if k in buffer_state}
+    return {**buffer_state, **prefix, "size": rows, "ptr": rows % cap}
 
 
 def save_replay(episodes: Sequence[dict[str, np.ndarray]], path: Path, meta: dict[str, Any]) -> None:
@@ -371,6 +374,16 @@ def _kv(args: Sequence[str], allowed: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _int(kv: dict[str, str], key: str, default: int | None = None) -> int:
+    """``kv[key]`` as an int (``default`` when absent); a UserError naming the argument otherwise."""
+    if key not in kv and default is not None:
+        return default
+    try:
+        return int(kv[key])
+    except ValueError:
+        raise UserError(f"rlreg.datasets: {key}={kv[key]!r} must be an integer") from None
+
+
 def _expand(value: str, allowed: Sequence[str]) -> list[str]:
     return list(allowed) if value == "all" else value.split(",")
 
@@ -392,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # medium-expert last: it reuses the medium and expert datasets
                 for level in sorted(_expand(kv.get("level", "medium"), LEVELS), key=lambda lv: lv == "medium-expert"):
                     _check(env, level)
-                    make(Recipe(env, level, int(kv.get("seed", 0)), int(kv.get("transitions", DEFAULT_TRANSITIONS)),
-                                kv.get("policy"), int(kv.get("num_envs", 16))),
+                    make(Recipe(env, level, _int(kv, "seed", 0), _int(kv, "transitions", DEFAULT_TRANSITIONS),
+                                kv.get("policy"), _int(kv, "num_envs", 16)),
                          root=kv.get("root"), force=_bool(kv.get("force", "false")))
         elif cmd == "export":
             kv = _kv(rest, ["id", "out", "root"])
@@ -413,8 +426,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                       f"{r['return_std']:.1f} | {r['normalized_mean']:.1f} ± {r['normalized_std']:.1f} |")
         elif cmd == "replay":
             kv = _kv(rest, ["run", "step", "name", "command", "upto"])
-            upto = int(kv["upto"]) if "upto" in kv else None
-            replay_from_run(Path(kv["run"]), int(kv["step"]), kv["name"], kv.get("command"), upto=upto)
+            missing = [k for k in ("run", "step", "name") if k not in kv]
+            if missing:
+                raise UserError(f"rlreg.datasets replay: needs {', '.join(k + '=...' for k in missing)} "
+                                "(run=<run dir> step=<checkpoint step> name=<env>_<level>)")
+            upto = _int(kv, "upto") if "upto" in kv else None
+            replay_from_run(Path(kv["run"]), _int(kv, "step"), kv["name"], kv.get("command"), upto=upto)
         else:
             raise UserError(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
     except UserError as err:  # one [rlreg] line and a hint, exit code 2 (README: "Faults and bad input")
@@ -438,7 +455,7 @@ def replay_from_run(
     config = json.loads((run_dir / "config.json").read_text())
     buffer = state["extra"]["buffer"]
     if upto is not None:
-        buffer = buffer_prefix(buffer, upto, ckpt)
+        buffer = buffer_prefix(buffer, upto, step, ckpt)
     episodes = replay_episodes(buffer)
     out = ASSETS / f"{name}_replay.npz"
     save_replay(episodes, out, {"env": config["env"]["id"], "trained_by": {

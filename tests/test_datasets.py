@@ -207,19 +207,37 @@ def test_a_buffer_prefix_is_the_buffer_an_earlier_step_had():
     for i in range(170):  # the same run stopped at step 170
         earlier.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
                     1.0 - state["not_done"][i])
-    got, want = replay_episodes(buffer_prefix(state, 170)), replay_episodes(earlier.state_dict())
+    prefix = buffer_prefix(state, 170, added=300)
+    got, want = replay_episodes(prefix), replay_episodes(earlier.state_dict())
+    assert all(len(prefix[k]) == 170 for k in ("observations", "rewards", "discounts"))  # every row array cut
     assert len(got) == len(want) > 3 and got[-1]["truncations"][-1]  # the cut episode ends in a truncation
     for g, w in zip(got, want, strict=True):
         for k in w:
             np.testing.assert_array_equal(g[k], w[k])
     with pytest.raises(DatasetError, match=r"upto=301 must be in \[1, 300\]"):
-        buffer_prefix(state, 301)
-    small = ReplayBuffer(50, buf.obs_dim, buf.act_dim)
-    for i in range(60):
-        small.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
-                  1.0 - state["not_done"][i])
-    with pytest.raises(DatasetError, match="wrapped around"):
-        buffer_prefix(small.state_dict(), 20)
+        buffer_prefix(state, 301, added=300)
+    for added in (50, 60, 100):  # exactly full (never wrapped), wrapped, wrapped twice (ptr back at 0 as at 50)
+        small = ReplayBuffer(50, buf.obs_dim, buf.act_dim)
+        for i in range(added):
+            small.add(state["observations"][i], state["actions"][i], state["rewards"][i],
+                      state["next_observations"][i], 1.0 - state["not_done"][i])
+        if added == 50:
+            np.testing.assert_array_equal(buffer_prefix(small.state_dict(), 20, added)["observations"],
+                                          state["observations"][:20].numpy())
+            continue
+        with pytest.raises(DatasetError, match="wrapped around"):
+            buffer_prefix(small.state_dict(), 20, added=added)
+
+
+def test_bad_replay_arguments_name_the_argument(capsys):
+    from rlreg.datasets import main
+
+    for argv, message in [(["replay", "run=/tmp/x", "name=a"], "needs step=..."),
+                          (["replay", "run=/tmp/x", "step=1k", "name=a"], "step='1k' must be an integer"),
+                          (["make", "env=hopper", "level=random", "seed=x"], "seed='x' must be an integer")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_names_and_missing_sources_are_clear(tmp_path, capsys):
