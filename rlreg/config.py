@@ -365,6 +365,10 @@ def _choice(value: str, allowed: Mapping[str, Any] | tuple[str, ...], option: st
     return value
 
 
+# Top-level options of the launcher (rlreg.train: K seeds in one process, compiled updates), not part of any run.
+LAUNCHER_OPTIONS = ("seeds", "compile")
+
+
 def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
     """Convert the plain container of a composed Hydra config (``OmegaConf.to_container(cfg,
     resolve=True)``) into a :class:`RunConfig`, validating every option."""
@@ -404,8 +408,8 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(str(err)) from None
     env = from_dict(EnvConfig, env_raw, "env") if env_raw else None
     raw.pop("tuned", None)
-    raw.pop("seeds", None)  # launcher options (rlreg.train: K seeds in one process, compile), not part of a run
-    raw.pop("compile", None)
+    for option in LAUNCHER_OPTIONS:
+        raw.pop(option, None)
     scalars = {f.name for f in dataclasses.fields(RunConfig)} - {"agent", "trainer", "logging", "dataset", "env"}
     unknown = sorted(set(raw) - scalars)
     if unknown:

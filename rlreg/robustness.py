@@ -71,7 +71,7 @@ from rlreg.envs import env_setup, env_spaces, evaluate, normalized_score
 from rlreg.learners.base import Learner
 from rlreg.nets import TanhGaussianActor
 from rlreg.regularizers.rorl import symmetric_kl
-from rlreg.runs import run_config_from_dir, run_name, task_name  # noqa: F401  (run_config_from_dir: public here too)
+from rlreg.runs import run_name, task_name
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,7 @@ CONF_DIR = str(_CONF_PATH)
 def run_from_hydra(cfg: DictConfig) -> RunConfig:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    container.pop("seeds", None)  # launcher options (K seeds in one process, compiled updates), not part of any run
-    container.pop("compile", None)
-    return to_run_config(container)  # type: ignore[arg-type]
+    return to_run_config(container)  # launcher options (seeds, compile) are read by hydra_main and dropped there  # type: ignore[arg-type]
 
 
 def report(summary: dict[str, Any]) -> None:
@@ -165,10 +163,10 @@ def precheck(overrides: Sequence[str]) -> None:
         raise composition_error(err) from None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    overrides = list(sys.argv[1:] if argv is None else argv)
+def main() -> None:
+    """``python -m rlreg.train <overrides>`` (and the ``rlreg-train`` script): checked, then run by Hydra."""
     try:
-        precheck(overrides)
+        precheck(sys.argv[1:])
     except ConfigError as err:
         report_user_error(err)
         raise SystemExit(EXIT_USER_ERROR) from None

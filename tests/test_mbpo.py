@@ -3,7 +3,6 @@ adversarial term in the learner, exact resume and a learning check on InvertedPe
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest

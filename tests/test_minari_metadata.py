@@ -16,7 +16,7 @@ from conftest import compose
 
 from rlreg.config import ConfigError, to_run_config
 from rlreg.data.minari_io import create_minari_dataset, installed_env_id
-from rlreg.trainers.common import derive_run_dir
+from rlreg.runs import derive_run_dir
 
 
 def collect(ds_id: str, root, monkeypatch, steps: int = 400, **create_kwargs):  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ from rlreg.data.buffers import Batch
 from rlreg.learners.base import adam
 from rlreg.nets import TanhGaussianActor, gaussian_kl
 from rlreg.regularizers import register
-from rlreg.regularizers.base import ActorContext, CriticContext, Regularizer, SetupContext
+from rlreg.regularizers.base import ActorContext, Regularizer, SetupContext
 
 
 @dataclass

@@ -35,8 +35,7 @@ from rlreg.envs import evaluate, normalized_score
 from rlreg.errors import RunDirError, WriteError
 from rlreg.learners.base import Learner
 from rlreg.logging import MetricAccumulator, NonFiniteError, RunLogger, check_finite_parameters, progress_bar
-from rlreg.runs import (  # noqa: F401  (re-exported: older code imports them from here)
-    RESUMABLE_CHANGES,
+from rlreg.runs import (
     check_same_run,
     clean_temp_files,
     config_to_dict,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -26,8 +25,6 @@ class OfflineData:
     """A dataset loaded and checked against its env, with what the trainers derive from it."""
 
     dataset: TransitionDataset
-    observation_space: gym.spaces.Box
-    action_space: gym.spaces.Box
     obs_mean: np.ndarray | None  # state normalisation (dataset.normalize_states), else None
     obs_std: np.ndarray | None
     reward_fn: Callable[[np.ndarray], np.ndarray]
@@ -54,7 +51,7 @@ def load_offline_data(dcfg: DatasetConfig, device: torch.device, gamma: float) -
     reward_fn = make_reward_fn(dcfg.reward_transform, dcfg.reward_scale, dcfg.reward_shift, dataset)
     buffer = OfflineBuffer(dataset, device=device, obs_mean=obs_mean, obs_std=obs_std, reward_fn=reward_fn,
                            gamma=gamma)
-    return OfflineData(dataset, obs_space, act_space, obs_mean, obs_std, reward_fn, buffer, data_fingerprint(dataset))
+    return OfflineData(dataset, obs_mean, obs_std, reward_fn, buffer, data_fingerprint(dataset))
 
 
 class OfflineTrainer(TrainerBase):
