@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from rlreg.errors import UserError
 
@@ -43,30 +43,68 @@ def _esc(value: Any) -> str:
     return str(value).replace("{", "{{").replace("}", "}}")
 
 
+def _out_of_range(value: Any, low: float | None, high: float | None, low_open: bool = False,
+                  high_open: bool = False) -> str | None:
+    """What is wrong with ``value`` for the interval (closed unless ``low_open``/``high_open``), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not (too_low or too_high):
+        return None
+
+    def num(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    if high is None:  # one-sided: ">= 1" reads better than "[1, inf)"
+        return f"must be {'>' if low_open else '>='} {num(low)}, got {value!r}"  # type: ignore[arg-type]
+    if low is None:
+        return f"must be {'<' if high_open else '<='} {num(high)}, got {value!r}"
+    lo, hi = num(low), num(high)
+    return f"must be in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}, got {value!r}"
+
+
+def _unknown_choice(value: Any, allowed: Iterable[str]) -> str | None:
+    """The message for a ``value`` outside ``allowed``, or None."""
+    return None if value in allowed else f"={value!r} is unknown; choose one of: {', '.join(allowed)}"
+
+
+def check_range(option: str, value: float | int, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` naming ``option`` unless ``value`` is finite and lies in the interval (closed
+    unless ``low_open``/``high_open``)."""
+    problem = _out_of_range(value, low, high, low_open, high_open)
+    if problem:
+        raise ConfigError(f"{option} {problem}")
+
+
+def check_choice(option: str, value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``, else a :class:`ConfigError` naming ``option`` and the choices."""
+    problem = _unknown_choice(value, sorted(allowed) if isinstance(allowed, Mapping) else tuple(allowed))
+    if problem:
+        raise ConfigError(f"{option}{problem}")
+    return value
+
+
 def _check_range(obj: Any, name: str, low: float | None = None, high: float | None = None,
                  optional: bool = False) -> None:
-    """``low <= obj.name <= high`` (either bound may be None); floats must be finite; None only if optional."""
+    """:func:`check_range` for the field ``name`` of a config dataclass (None only if ``optional``); the
+    :class:`OptionError` gets the field's full name from :func:`from_dict`."""
     value = getattr(obj, name)
     if value is None:
         if optional:
             return
         raise OptionError(f"{{{name}}} must be set, got null", name)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise OptionError(f"{{{name}}} must be a finite number, got {value}", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        if high is None:
-            bound = f">= {low}"
-        elif low is None:
-            bound = f"<= {high}"
-        else:
-            bound = f"in [{low}, {high}]"
-        raise OptionError(f"{{{name}}} must be {bound}, got {_esc(value)}", name)
+    problem = _out_of_range(value, low, high)
+    if problem:
+        raise OptionError(f"{{{name}}} {_esc(problem)}", name)
 
 
 def _check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in allowed:
-        raise OptionError(f"{{{name}}}={_esc(repr(value))} is unknown; choose one of: {', '.join(allowed)}", name)
+    """:func:`check_choice` for the field ``name`` of a config dataclass."""
+    problem = _unknown_choice(getattr(obj, name), allowed)
+    if problem:
+        raise OptionError(f"{{{name}}}{_esc(problem)}", name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,19 +117,6 @@ LEARNER_CONFIGS: dict[str, type] = {}
 
 def register_learner_config(name: str, config_cls: type) -> None:
     LEARNER_CONFIGS[name] = config_cls
-
-
-def check_range(option: str, value: float | int, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Raise :class:`ConfigError` naming ``option`` unless ``value`` lies in the interval (closed unless
-    ``low_open``/``high_open``)."""
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ConfigError(f"{option} must be in {interval}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,12 +384,6 @@ def load_env_config(name: str) -> EnvConfig:
     return from_dict(EnvConfig, raw, f"env ({path})")
 
 
-def _choice(value: str, allowed: Mapping[str, Any] | tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{option}={value!r} is unknown; choose one of: {', '.join(sorted(allowed))}")
-    return value
-
-
 # Top-level options of the launcher (rlreg.train: K seeds in one process, compiled updates), not part of any run.
 LAUNCHER_OPTIONS = ("seeds", "compile")
 
@@ -383,13 +402,13 @@ def to_run_config(raw: Mapping[str, Any]) -> RunConfig:
     learner = agent_raw.pop("learner", None)
     if not isinstance(name, str) or not isinstance(learner, str):
         raise ConfigError("agent: needs 'name' and 'learner' keys (see conf/agent/*.yaml)")
-    _choice(learner, LEARNER_CONFIGS, "agent.learner")
+    check_choice("agent.learner", learner, LEARNER_CONFIGS)
     learner_cfg = from_dict(LEARNER_CONFIGS[learner], agent_raw, "agent")
 
     regs_raw = raw.pop("regularizer", None) or {}
     regularizers: dict[str, Any] = {}
     for reg_name, reg_cfg in regs_raw.items():
-        _choice(reg_name, REGULARIZER_CONFIGS, "regularizer")
+        check_choice("regularizer", reg_name, REGULARIZER_CONFIGS)
         regularizers[reg_name] = from_dict(REGULARIZER_CONFIGS[reg_name], reg_cfg or {}, f"regularizer.{reg_name}")
     agent = AgentConfig(name=name, learner=learner, learner_config=learner_cfg, regularizers=regularizers)
 

@@ -70,7 +70,7 @@ def test_magnitude_regularizer_terms_match_their_formula() -> None:
         metrics["actor/q_term"].item() + metrics["magnitude/action_loss"].item(), rel=1e-5)
     # past the decay the critic term is zero
     assert learner.update(batch, step=11, generator=g)["magnitude/q_loss"].item() == 0.0
-    with pytest.raises(Exception, match=r"regularizer.magnitude.decay_steps must be in \[0, inf\)"):
+    with pytest.raises(Exception, match="regularizer.magnitude.decay_steps must be >= 0"):
         ex.MagnitudeConfig(decay_steps=-1)
 
 

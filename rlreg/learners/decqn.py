@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlreg.config import ConfigError
+from rlreg.config import ConfigError, check_range
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import ActionSpec, Learner, adam, register_learner, set_requires_grad
 from rlreg.nets import DecoupledQEnsemble, hard_update_, polyak_update_
@@ -90,29 +90,25 @@ class DecQNConfig:
     greedy_reduce: Literal["max", "mean"] = "max"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"agent.gamma must be in (0, 1], got {self.gamma}")
-        if self.n_step < 1:
-            raise ConfigError(f"agent.n_step must be >= 1, got {self.n_step}")
+        check_range("agent.gamma", self.gamma, 0.0, 1.0, low_open=True)
+        check_range("agent.n_step", self.n_step, 1)
         bins = (self.bins,) if isinstance(self.bins, int) else tuple(self.bins) if isinstance(self.bins, (list, tuple)) else None
         if bins is None or not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 2 for b in bins):
             raise ConfigError(f"agent.bins must be an integer >= 2 or a list of them (one per action dimension), got {self.bins!r}")
         self.bins = bins[0] if isinstance(self.bins, int) else bins
         for key in ("hidden", "ensemble_size", "target_update_period"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"agent.{key} must be >= 1, got {getattr(self, key)}")
+            check_range(f"agent.{key}", getattr(self, key), 1)
         if self.target == "redq" and not 2 <= self.redq_subset <= self.ensemble_size:
             raise ConfigError(f"agent.redq_subset must be in [2, agent.ensemble_size={self.ensemble_size}] for "
                               f"agent.target=redq, got {self.redq_subset}")
         if not 0.0 <= self.epsilon_min <= self.epsilon <= 1.0:
             raise ConfigError(f"agent.epsilon ({self.epsilon}) and agent.epsilon_min ({self.epsilon_min}) must satisfy "
                               "0 <= epsilon_min <= epsilon <= 1")
-        if not 0.0 < self.epsilon_decay <= 1.0:
-            raise ConfigError(f"agent.epsilon_decay must be in (0, 1], got {self.epsilon_decay}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"agent.tau must be in (0, 1], got {self.tau}")
-        if self.lr <= 0 or self.huber_delta <= 0 or self.grad_clip < 0:
-            raise ConfigError("agent.lr and agent.huber_delta must be positive and agent.grad_clip >= 0")
+        check_range("agent.epsilon_decay", self.epsilon_decay, 0.0, 1.0, low_open=True)
+        check_range("agent.tau", self.tau, 0.0, 1.0, low_open=True)
+        check_range("agent.lr", self.lr, 0.0, low_open=True)
+        check_range("agent.huber_delta", self.huber_delta, 0.0, low_open=True)
+        check_range("agent.grad_clip", self.grad_clip, 0.0)
 
     def bins_per_dim(self, num_dims: int) -> tuple[int, ...]:
         """The bins of each of ``num_dims`` action dimensions (checks a list's length)."""

@@ -92,8 +92,7 @@ class SACConfig:
     def __post_init__(self) -> None:
         check_actor_critic_config(self, positive=("actor_lr", "critic_lr", "alpha_lr", "init_alpha"))
         check_range("agent.critic_dropout", self.critic_dropout, low=0.0, high=1.0, high_open=True)
-        if not self.critic_spectral_norm_scale > 0:
-            raise ConfigError(f"agent.critic_spectral_norm_scale must be > 0, got {self.critic_spectral_norm_scale}")
+        check_range("agent.critic_spectral_norm_scale", self.critic_spectral_norm_scale, 0.0, low_open=True)
         if self.log_std_bounds[0] >= self.log_std_bounds[1]:
             raise ConfigError(f"agent.log_std_bounds must be [low, high] with low < high, got {list(self.log_std_bounds)}")
 

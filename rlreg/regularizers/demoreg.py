@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rlreg.config import ConfigError, DatasetConfig, EnvConfig
+from rlreg.config import ConfigError, DatasetConfig, EnvConfig, check_choice
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import adam
 from rlreg.nets import TanhGaussianActor, gaussian_kl
@@ -73,11 +73,6 @@ class DemoRegConfig:
     env: EnvConfig | None = None  # source=policy: the env to roll out in (conf: the run's env)
     dataset: DatasetConfig | None = None  # source=dataset (conf: the run's dataset config)
     select: str = "best"  # source=dataset: best | first
-
-
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"regularizer.demoreg.{option}={value!r} is unknown; choose one of: {', '.join(allowed)}")
 
 
 @torch.no_grad()
@@ -124,9 +119,9 @@ class DemoRegRegularizer(Regularizer):
         super().__init__()
         if config.init_actor:  # the learner starts its actor from the prior when BC ends
             self.requires = type(self).requires | {"actor_init"}
-        _choice(config.mode, ("fixed", "target"), "mode")
-        _choice(config.source, ("policy", "dataset"), "source")
-        _choice(config.select, ("best", "first"), "select")
+        check_choice("regularizer.demoreg.mode", config.mode, ("fixed", "target"))
+        check_choice("regularizer.demoreg.source", config.source, ("policy", "dataset"))
+        check_choice("regularizer.demoreg.select", config.select, ("best", "first"))
         for key in ("bc_steps", "num_episodes", "bc_batch_size", "eval_every", "patience"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"regularizer.demoreg.{key} must be >= 1, got {getattr(config, key)}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlreg.config import ConfigError
+from rlreg.config import check_range
 from rlreg.data.buffers import Batch
 from rlreg.regularizers import register
 from rlreg.regularizers.base import CriticContext, Regularizer
@@ -34,8 +34,7 @@ class REValueDRegConfig:
     beta: float = 0.5  # unconfirmed (see the module docstring)
 
     def __post_init__(self) -> None:
-        if self.beta < 0:
-            raise ConfigError(f"regularizer.revalued.beta must be >= 0, got {self.beta}")
+        check_range("regularizer.revalued.beta", self.beta, 0.0)
 
 
 def revalued_penalty(utilities: Tensor, target_utilities: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
