@@ -43,6 +43,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in found]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (``ckpt_0000012000.pt`` -> 12000)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint file name (ckpt_<10 digits>.pt)")
+    return int(m.group(1))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 
 from hydra.experimental.callback import Callback
 
-from rlreg.checkpoint import latest_checkpoint
+from rlreg.checkpoint import checkpoint_step, latest_checkpoint
 from rlreg.runs import derive_run_dir, run_name, task_name
 from rlreg.names import display_name  # tables and legends name agents as people do (TD3+BC, PRDC+SPOT)
 
@@ -78,7 +78,9 @@ class SweepManifest(Callback):
         else:
             err = getattr(job_return, "_return_value", None)
             info["status"] = "failed"
-            if type(err).__name__ == "SweepJobError":  # rlreg.train: a user error, its message names its class
+            from rlreg.train import SweepJobError
+
+            if isinstance(err, SweepJobError):  # rlreg.train: a user error, its message names its class
                 info["error"] = str(err)
             else:
                 info["error"] = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
@@ -156,7 +158,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _last_checkpoint_step(run_dir: Path) -> int:
     last = latest_checkpoint(run_dir)
-    return int(last.name[len("ckpt_"):-len(".pt")]) if last is not None else 0
+    return checkpoint_step(last) if last is not None else 0
 
 
 def read_run(run_dir: Path, job: dict[str, Any] | None = None) -> RunRecord:

@@ -130,6 +130,7 @@ class TrainerBase:
         self.eval_env: EnvConfig
         self.pretrain_done: dict[str, int] = {}
         self.data_fingerprint: str | None = None  # hash of the dataset's arrays (offline data), see rlreg.runs
+        self.data_source: str | None = None  # where those arrays came from (a file, a recipe)
         self.resuming = False
         self.wall_before = 0.0  # training seconds of earlier launches of this run (from the checkpoint)
         self._session_start: float | None = None
@@ -197,7 +198,7 @@ class TrainerBase:
                 (self.run_dir / stale).unlink(missing_ok=True)
         atomic_write_text(self.run_dir / "config.json", json.dumps(current, indent=2) + "\n")
         if self.data_fingerprint is not None:
-            data = {"fingerprint": self.data_fingerprint, "source": getattr(self, "data_source", None)}
+            data = {"fingerprint": self.data_fingerprint, "source": self.data_source}
             atomic_write_text(self.run_dir / "data.json", json.dumps(data, indent=2) + "\n")
         return state
 
@@ -206,7 +207,7 @@ class TrainerBase:
         if stored is not None and self.data_fingerprint is not None and stored != self.data_fingerprint:
             raise RunDirError(
                 f"{self.run_dir} was trained on other data: {ckpt} records dataset fingerprint {stored}, the data "
-                f"loaded now ({getattr(self, 'data_source', '?')}) has {self.data_fingerprint}",
+                f"loaded now ({self.data_source}) has {self.data_fingerprint}",
                 hint="point dataset.path at the file the run was trained on, or set tag=<name> (or run_dir=<path>) "
                 "to train a separate run on the new data",
             )
@@ -260,9 +261,9 @@ class TrainerBase:
         now = 0.0 if self._session_start is None else time.time() - self._session_start
         return round(self.wall_before + now, 3)
 
-    def _intact(self) -> str:
+    def _intact(self, which: str = "previous") -> str:
         ckpt = latest_checkpoint(self.run_dir)
-        return f"the previous checkpoint {ckpt} is intact" if ckpt else "no checkpoint had been written yet"
+        return f"the {which} checkpoint {ckpt} is intact" if ckpt else "no checkpoint had been written yet"
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -311,9 +312,7 @@ class TrainerBase:
         return row
 
     def _diverged(self, what: str) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        where = f"the last good checkpoint {ckpt} is intact" if ckpt else "no checkpoint had been written yet"
-        raise NonFiniteError(f"training stopped: {what}; {where}.")
+        raise NonFiniteError(f"training stopped: {what}; {self._intact('last good')}.")
 
     def _evaluate(self, logger: RunLogger) -> dict[str, Any]:
         t = self.run.trainer
