@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -104,13 +105,20 @@ def make_env(config: EnvConfig) -> gym.Env:
     return gym.make(config.id, **kwargs)
 
 
+_SPACES: dict[str, tuple[gym.spaces.Space, gym.spaces.Space]] = {}  # per env config, for this process
+
+
 def box_spaces(config: EnvConfig) -> tuple[gym.spaces.Box, gym.spaces.Box]:
-    """The env's observation and action spaces, checked to be Box (discrete learners discretise a Box)."""
-    env = make_env(config)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
+    """The env's observation and action spaces, checked to be Box (discrete learners discretise a Box). The env is
+    created (and closed) once per config and process: a launch asks for its spaces several times."""
+    key = json.dumps([config.id, config.kwargs, config.max_episode_steps], sort_keys=True, default=str)
+    if key not in _SPACES:
+        env = make_env(config)
+        try:
+            _SPACES[key] = (env.observation_space, env.action_space)
+        finally:
+            env.close()
+    obs_space, act_space = _SPACES[key]
     if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(f"env.id={config.id}: rlreg's learners need Box observation and action spaces")
     return obs_space, act_space

@@ -32,21 +32,24 @@ def main() -> None:
     device = torch.device(args.device)
     learner, buffer = bench_setup(args.agent, device, synthetic_dataset(args.rows))
     gen = torch.Generator(device=device).manual_seed(0)
-    for i in range(20):  # warm-up (allocator, first-call costs)
-        learner.update(buffer.sample(256, gen), i, gen)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for step in range(1, 21):  # warm-up (allocator, first-call costs); steps count from 1, as in training
+        learner.update(buffer.sample(256, gen), step, gen)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for i in range(20, 20 + args.updates):
-            learner.update(buffer.sample(256, gen), i, gen)
-        if device.type == "cuda":
+        for step in range(21, 21 + args.updates):
+            learner.update(buffer.sample(256, gen), step, gen)
+        if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMMS)
-    print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
+    # on CUDA the kernels' device time is what the update waits for; on the CPU the operators' own CPU time
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events)
+    gemm = sum(getattr(e, attr) for e in events if e.key in GEMMS)
+    print(events.table(sort_by=attr, row_limit=args.top))
     print(f"{args.agent} on {args.device}, {args.threads} thread(s), {args.updates} updates: "
-          f"{total / 1e3 / args.updates:.2f} ms of CPU per update, {100 * gemm / total:.0f}% of it in GEMMs "
-          f"({', '.join(GEMMS)})")
+          f"{total / 1e3 / args.updates:.2f} ms of {'device' if cuda else 'CPU'} time per update, "
+          f"{100 * gemm / max(total, 1e-9):.0f}% of it in GEMMs ({', '.join(GEMMS)})")
 
 
 if __name__ == "__main__":

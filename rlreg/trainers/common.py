@@ -69,14 +69,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_env(config: EnvConfig, option: str) -> None:
-    """Create and close the env of ``config`` once: an unknown id (or a missing extra such as ``dmc``) is a
-    :class:`ConfigError` naming ``option`` (``env.id``, ``dataset.env.id``), raised before the run dir exists."""
+    """Create the env of ``config`` (:func:`rlreg.envs.box_spaces`, which keeps its spaces for the launch): an
+    unknown id (or a missing extra such as ``dmc``) is a :class:`ConfigError` naming ``option`` (``env.id``,
+    ``dataset.env.id``), raised before the run dir exists."""
     import gymnasium as gym
 
-    from rlreg.envs import make_env
+    from rlreg.envs import box_spaces
 
     try:
-        make_env(config).close()
+        box_spaces(config)
     except (gym.error.Error, ImportError) as err:
         raise ConfigError(f"{option}={config.id!r}: {err}",
                           hint="see conf/env/ for the envs rlreg knows; any registered Gymnasium id works") from None
