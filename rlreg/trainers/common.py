@@ -470,24 +470,28 @@ class TrainerBase:
         finally:
             self._unlock_run_dir()
 
-    def _train_locked(self, state: dict[str, Any] | None) -> dict[str, Any]:
+    def _begin(self, state: dict[str, Any] | None) -> None:
+        """Build the learner (:meth:`_setup`) and restore ``state``: a checkpoint, or None for a fresh run."""
         self.resuming = state is not None
         self._setup()
         if state is not None:
             self._restore(state)
-        start_step = self.step
-        eval_every = self.run.trainer.eval_every
-        logger = RunLogger(
-            self.run_dir,
-            config_to_dict(self.run),
-            wandb_mode=self.run.logging.wandb_mode,
-            project=self.run.logging.project,
-            entity=self.run.logging.entity,
-            group=self.run.logging.group,
-            name=f"{run_name(self.run)}/{task_name(self.run)}/seed{self.run.seed}",
+
+    def _logger(self) -> RunLogger:
+        """The run's metrics log (and wandb run), continuing at the current step."""
+        log, eval_every = self.run.logging, self.run.trainer.eval_every
+        return RunLogger(
+            self.run_dir, config_to_dict(self.run), wandb_mode=log.wandb_mode, project=log.project, entity=log.entity,
+            group=log.group, name=f"{run_name(self.run)}/{task_name(self.run)}/seed{self.run.seed}",
             resume_step=self.step,
+            # an evaluation off the schedule (at a stop signal) is reported but not kept in the log
             drop=lambda row: row.get("kind") == "eval" and row["step"] % eval_every != 0,
         )
+
+    def _train_locked(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        self._begin(state)
+        start_step = self.step
+        logger = self._logger()
         previous = self._install_signal_handlers()
         self._session_start = time.time()
         failed = True

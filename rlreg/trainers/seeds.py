@@ -20,9 +20,8 @@ import time
 from typing import Any
 
 from rlreg.config import ConfigError, RunConfig
-from rlreg.logging import RunLogger, progress_bar
+from rlreg.logging import progress_bar
 from rlreg.seeds import SeedStack, check_supported_config
-from rlreg.runs import config_to_dict, run_name, task_name
 from rlreg.trainers.offline import OfflineTrainer
 
 
@@ -75,10 +74,7 @@ def train_seeds(runs: list[RunConfig], announce: bool = True, compile: bool = Fa
                 tr.data, tr.data_fingerprint, tr.data_source = first.data, first.data_fingerprint, first.data_source
             state = tr._prepare_run_dir()
             locked.append(tr)
-            tr.resuming = state is not None
-            tr._setup()
-            if state is not None:
-                tr._restore(state)
+            tr._begin(state)
         steps = {tr.step for tr in trainers}
         if len(steps) > 1:
             raise ConfigError("seeds=[...]: the runs are at different steps ("
@@ -94,15 +90,7 @@ def _train_together(trainers: list[OfflineTrainer], compile: bool = False) -> li
     first = trainers[0]
     t = first.run.trainer
     stack = SeedStack([tr.learner for tr in trainers], compile=compile)  # checks support; takes over optimizer states
-    loggers = []
-    for tr in trainers:
-        eval_every = tr.run.trainer.eval_every
-        loggers.append(RunLogger(
-            tr.run_dir, config_to_dict(tr.run), wandb_mode=tr.run.logging.wandb_mode,
-            project=tr.run.logging.project, entity=tr.run.logging.entity, group=tr.run.logging.group,
-            name=f"{run_name(tr.run)}/{task_name(tr.run)}/seed{tr.run.seed}", resume_step=tr.step,
-            drop=lambda row, e=eval_every: row.get("kind") == "eval" and row["step"] % e != 0,
-        ))
+    loggers = [tr._logger() for tr in trainers]
     previous = first._install_signal_handlers()  # a stop signal stops (and checkpoints) every copy
     bars: list[Any] = [progress_bar(t.total_steps, first.step, first.run.logging.progress_bar,
                                     f"{first.run.agent.name} x{len(trainers)} seeds")]
