@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the exact training command, recorded in the metadata")
+    parser.add_argument("--commit", default=None,
+                        help="commit of the code that trained it (a worktree's; default: this checkout's HEAD)")
     args = parser.parse_args()
 
     ckpt = checkpoint_dir(args.run_dir) / f"ckpt_{args.step:010d}.pt" if args.step else latest_checkpoint(args.run_dir)
@@ -51,8 +53,8 @@ def main() -> None:
         "env": env["id"],
         "trained_by": {"command": args.command, "seed": config["seed"], "env_steps": state["step"],
                        "checkpoint": ckpt.name,
-                       "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                text=True).stdout.strip(),
+                       "commit": args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                                               capture_output=True, text=True).stdout.strip(),
                        "machine": f"{platform.machine()} {platform.processor()}, torch {torch.__version__}"},
         "evaluation": {"episodes": config["trainer"]["eval_episodes"], "return": ev.get("eval/return"),
                        "return_std": ev.get("eval/return_std"),
