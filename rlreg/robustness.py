@@ -423,9 +423,7 @@ def evaluate_run(loaded: LoadedRun, opts: Options, attacker: LoadedRun | None = 
 
             def policy(x: Tensor, attack: ObservationAttack = attack) -> Tensor:
                 action = loaded.learner.act(attack(x), deterministic=True)
-                if is_discrete(loaded.learner):  # bins -> env values
-                    return torch.from_numpy(loaded.learner.action_spec.to_env(action))
-                return action
+                return torch.from_numpy(loaded.learner.action_spec.to_env(action))  # stored -> env values (bins)
 
             res = evaluate(policy, env, episodes=episodes, seed=loaded.run.seed + t.eval_seed_offset, device=device,
                            obs_mean=loaded.obs_mean, obs_std=loaded.obs_std)
