@@ -37,7 +37,7 @@ from rlreg.data.buffers import BUFFER_ROWS
 from rlreg.envs import env_setup, make_env
 from rlreg.errors import NotFoundError, RunDirError
 from rlreg.runs import derive_run_dir, load_newest_checkpoint, no_loadable_checkpoint
-from rlreg.trainers.offline import load_offline_data
+from rlreg.trainers.offline import load_run_data
 from rlreg.trainers.online import OnlineTrainer, episode_seed
 
 
@@ -58,10 +58,8 @@ class FinetuneTrainer(OnlineTrainer):
         super().__init__(run, announce=announce)
 
     def _load_data(self) -> None:
-        dcfg, t = self.run.dataset, self.run.trainer
-        assert dcfg is not None
-        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
-        self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
+        t = self.run.trainer
+        self.data = load_run_data(self)
         n = len(self.data.buffer)
         if t.buffer_size < n + t.total_steps:
             raise ConfigError(

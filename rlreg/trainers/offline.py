@@ -54,12 +54,18 @@ def load_offline_data(dcfg: DatasetConfig, device: torch.device, gamma: float) -
     return OfflineData(dataset, obs_mean, obs_std, reward_fn, buffer, data_fingerprint(dataset))
 
 
+def load_run_data(trainer: TrainerBase) -> OfflineData:
+    """:func:`load_offline_data` for the run of ``trainer``, whose fingerprint and source it records."""
+    dcfg = trainer.run.dataset
+    assert dcfg is not None
+    data = load_offline_data(dcfg, trainer.device, gamma=trainer.run.agent.learner_config.gamma)
+    trainer.data_fingerprint, trainer.data_source = data.fingerprint, data.dataset.source
+    return data
+
+
 class OfflineTrainer(TrainerBase):
     def _load_data(self) -> None:
-        dcfg = self.run.dataset
-        assert dcfg is not None
-        self.data = load_offline_data(dcfg, self.device, gamma=self.run.agent.learner_config.gamma)
-        self.data_fingerprint, self.data_source = self.data.fingerprint, self.data.dataset.source
+        self.data = load_run_data(self)
 
     def _setup(self) -> None:
         dcfg, data = self.run.dataset, self.data
