@@ -182,6 +182,11 @@ def test_each_query_is_pruned_at_its_own_bound_in_one_search(monkeypatch: pytest
     idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
     np.testing.assert_array_equal(idx.numpy(), ref_i)
     np.testing.assert_array_equal(sq.numpy(), ref_d)
+    ref3_i, ref3_d = brute_force_reference(keys, queries, k=3)  # the k-th neighbour under per-query bounds too
+    bound3 = np.sqrt(ref3_d) * np.geomspace(1.0, 1e3, 300)
+    idx, sq = tree.query(torch.as_tensor(queries), k=3, upper_bound=torch.as_tensor(bound3))
+    np.testing.assert_array_equal(idx.numpy(), ref3_i)
+    np.testing.assert_array_equal(sq.numpy(), ref3_d)
 
 
 @pytest.mark.parametrize("path", PATHS)
