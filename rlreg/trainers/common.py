@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -135,6 +135,10 @@ class TrainerBase:
         self.resuming = False
         self.wall_before = 0.0  # training seconds of earlier launches of this run (from the checkpoint)
         self._session_start: float | None = None
+        self._lock: IO[str] | None = None  # the open .lock file while training (flock)
+        self._stop_signals: list[int] = []  # signals received since the last check
+        self._previous_handlers: dict[int, Any] = {}  # the handlers the trainer's replaced (submitit's, ...)
+        self._bar_items: dict[str, Any] = {}  # what the progress bar shows after the step count
 
     # -- seeding -----------------------------------------------------------------------------------
     def _seed(self) -> None:
@@ -232,9 +236,8 @@ class TrainerBase:
             ) from None
 
     def _unlock_run_dir(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.close()  # closing the file releases the flock
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
             self._lock = None
 
     def _say(self, msg: str) -> None:
@@ -404,7 +407,7 @@ class TrainerBase:
 
     def _postfix(self, bar: Any, **items: Any) -> None:
         """Update the progress bar's postfix, keeping the items shown before (eval return, counters, metrics)."""
-        self._bar_items: dict[str, Any] = {**getattr(self, "_bar_items", {}), **items}
+        self._bar_items = {**self._bar_items, **items}
         bar.set_postfix(**self._bar_items)
 
     # -- stop signals ------------------------------------------------------------------------------
@@ -414,7 +417,7 @@ class TrainerBase:
         :meth:`_check_stop`. A second Ctrl-C before that raises KeyboardInterrupt at once. Returns the
         previous handlers (restored when training ends)."""
         previous: dict[int, Any] = {}
-        self._stop_signals: list[int] = []
+        self._stop_signals = []
 
         def handler(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT:
@@ -442,9 +445,9 @@ class TrainerBase:
         if not self._stop:
             return
         self._stop = False
-        received, self._stop_signals = getattr(self, "_stop_signals", []), []
+        received, self._stop_signals = self._stop_signals, []
         path = self.save()
-        previous = getattr(self, "_previous_handlers", {})
+        previous = self._previous_handlers
         stopping = []
         for sig in received:
             if sig == signal.SIGTERM and callable(previous.get(sig)):
@@ -517,7 +520,7 @@ class TrainerBase:
 
     def write_summary(self, start_step: int) -> dict[str, Any]:
         """Write and return ``summary.json`` (a finished run relaunched keeps its real ``wall_seconds``)."""
-        if getattr(self, "_final_eval", None) is not None:
+        if self._final_eval is not None:
             self.best_score, self.last_eval = self._final_eval
         summary = {
             "run_dir": str(self.run_dir),
