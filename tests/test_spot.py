@@ -23,6 +23,7 @@ import torch
 from conftest import run_config
 
 from rlreg.checkpoint import latest_checkpoint, load_checkpoint
+from rlreg.errors import RunDirError
 from rlreg.learners.td3 import TD3Config
 from rlreg.data.buffers import Batch
 from rlreg.learners.td3 import TD3Learner
@@ -441,6 +442,12 @@ def test_spot_finetunes_online_from_the_offline_checkpoint(
         train(run_config(finetune, tmp_path), announce=False)
     summary = train(run_config(offline, tmp_path), announce=False)
     off = load_checkpoint(Path(summary["checkpoint"]))
+    other = tmp_path / "point_other.hdf5"  # the offline checkpoint must come from the data fine-tuned on
+    write_point_dataset(other, episodes=20)
+    other_ft = point_overrides(other) + SMALL + finetune[len(offline) - 1:] + [
+        f"trainer.init_from={summary['checkpoint']}", f"run_dir={tmp_path / 'ft_other'}"]
+    with pytest.raises(RunDirError, match="trained on other data"):
+        train(run_config(other_ft, tmp_path), announce=False)
     # 50 episodes of 30 steps minus the 50 time-out transitions (dropped as in d4rl.qlearning_dataset)
     with pytest.raises(Exception, match=r"trainer\.buffer_size"):  # must hold 1,450 offline + 70 online rows
         train(run_config(finetune + ["trainer.buffer_size=1500"], tmp_path), announce=False)

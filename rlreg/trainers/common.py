@@ -207,15 +207,16 @@ class TrainerBase:
             atomic_write_text(self.run_dir / "data.json", json.dumps(data, indent=2) + "\n")
         return state
 
-    def _check_same_data(self, state: dict[str, Any], ckpt: Path) -> None:
+    def _check_same_data(self, state: dict[str, Any], ckpt: Path,
+                         hint: str = "point dataset.path at the file the run was trained on, or set tag=<name> (or "
+                                     "run_dir=<path>) to train a separate run on the new data") -> None:
+        """A checkpoint (this run's, or the offline run a fine-tuning starts from) must come from the data loaded
+        now: a :class:`RunDirError` naming both fingerprints otherwise."""
         stored = state.get("data_fingerprint")
         if stored is not None and self.data_fingerprint is not None and stored != self.data_fingerprint:
             raise RunDirError(
-                f"{self.run_dir} was trained on other data: {ckpt} records dataset fingerprint {stored}, the data "
-                f"loaded now ({self.data_source}) has {self.data_fingerprint}",
-                hint="point dataset.path at the file the run was trained on, or set tag=<name> (or run_dir=<path>) "
-                "to train a separate run on the new data",
-            )
+                f"{ckpt} was trained on other data: it records dataset fingerprint {stored}, the data loaded now "
+                f"({self.data_source}) has {self.data_fingerprint}", hint=hint)
 
     def _lock_run_dir(self) -> None:
         """Hold an exclusive lock on ``<run_dir>/.lock`` while training: two processes must never write one run."""

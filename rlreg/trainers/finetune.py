@@ -119,11 +119,7 @@ class FinetuneTrainer(OnlineTrainer):
                 hint="train the offline run first (same agent, dataset, seed and tag with trainer=offline) or "
                 "point trainer.init_from at a run directory or checkpoint file",
             )
-        stored = state.get("data_fingerprint")
-        if stored is not None and stored != self.data_fingerprint:
-            raise RunDirError(
-                f"{ckpt} was trained on other data (dataset fingerprint {stored}) than {self.data_source} "
-                f"({self.data_fingerprint})", hint="fine-tune on the dataset the offline run was trained on")
+        self._check_same_data(state, ckpt, hint="fine-tune on the dataset the offline run was trained on")
         stored_mean = state.get("obs_mean")
         if (stored_mean is None) != (self.obs_mean is None) or (
             stored_mean is not None and not np.allclose(stored_mean.cpu().numpy(), self.obs_mean, atol=1e-5)
