@@ -89,3 +89,19 @@ def test_relaunch_with_other_hyperparameters_is_refused(tmp_path: Path) -> None:
     check_same_run(a, c, tmp_path)  # a longer budget continues the same run
     with pytest.raises(ConfigError, match="actor_lr"):
         check_same_run(a, b, tmp_path)
+
+
+def test_range_and_choice_checks_name_the_option_and_reject_nan() -> None:
+    from rlreg.config import check_choice, check_range
+
+    check_range("agent.tau", 0.5, 0.0, 1.0, low_open=True)  # in range: no error
+    for value, message in [(float("nan"), "agent.tau must be a finite number, got nan"),
+                           (0.0, r"agent.tau must be in \(0, 1\], got 0.0"),
+                           (1.5, r"agent.tau must be in \(0, 1\], got 1.5")]:
+        with pytest.raises(ConfigError, match=message):
+            check_range("agent.tau", value, 0.0, 1.0, low_open=True)
+    with pytest.raises(ConfigError, match="agent.lr must be > 0, got -1"):
+        check_range("agent.lr", -1, 0.0, low_open=True)
+    assert check_choice("agent.mode", "fixed", ("fixed", "target")) == "fixed"
+    with pytest.raises(ConfigError, match=r"agent.mode='x' is unknown; choose one of: fixed, target"):
+        check_choice("agent.mode", "x", ("fixed", "target"))
