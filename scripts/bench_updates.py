@@ -5,6 +5,7 @@ REValueD: the same rows with random bin indices as actions, at their default bin
     python scripts/bench_updates.py --agents td3bc sacn --devices cpu --seconds 20
     python scripts/bench_updates.py --agents td3bc --seeds 1 2 4 8 16     # K seeds in one process
     python scripts/bench_updates.py --compile --corl /tmp/corl             # eager vs compiled vs CORL td3_bc
+    python scripts/bench_updates.py --agents td3bc sacn --overhead         # per-update floor: 8-unit nets
 
 Sampling from the device-resident buffer is included in the timing, as in
 ``docs/speed.md``. FLOPs per update are counted with ``FlopCounterMode`` and compared
@@ -91,11 +92,23 @@ def timed_rate(step: Callable[[int], None], device: torch.device, seconds: float
     return n / (time.perf_counter() - start)
 
 
-def bench_setup(agent: str, device: torch.device, data: TransitionDataset) -> tuple[torch.nn.Module, OfflineBuffer]:
-    """The learner of ``agent`` (defaults + :data:`OVERRIDES`) and a device buffer of ``data`` to update it from."""
+def width_overrides(agent: str, width: int) -> list[str]:
+    """Overrides setting every hidden-layer list of ``agent``'s config (``agent.*hidden``) to ``width`` units."""
     from conftest import compose
 
-    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, [])]))
+    node = compose([f"agent={agent}"])["agent"]
+    return [f"agent.{key}=[{','.join([str(width)] * len(value))}]" for key, value in node.items()
+            if key.endswith("hidden") and not isinstance(value, (str, int, float))]
+
+
+def bench_setup(agent: str, device: torch.device, data: TransitionDataset,
+                width: int | None = None) -> tuple[torch.nn.Module, OfflineBuffer]:
+    """The learner of ``agent`` (defaults + :data:`OVERRIDES`, hidden layers of ``width`` units if given) and a
+    device buffer of ``data`` to update it from."""
+    from conftest import compose
+
+    resize = width_overrides(agent, width) if width is not None else []
+    run = to_run_config(compose([f"agent={agent}", "dataset=hopper-medium-v2", *OVERRIDES.get(agent, []), *resize]))
     if run.agent.learner == "decqn":  # DecQN / REValueD: the same rows with bin indices as actions
         learner = build_agent(run.agent, SetupContext.box(17, 6, 1.0, device))
         bins = np.asarray(learner.action_spec.bins)
@@ -108,8 +121,11 @@ def bench_setup(agent: str, device: torch.device, data: TransitionDataset) -> tu
     return learner, buffer
 
 
-def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float) -> dict[str, float]:
-    learner, buffer = bench_setup(agent, device, data)
+def bench(agent: str, device: torch.device, data: TransitionDataset, seconds: float,
+          width: int | None = None) -> dict[str, float]:
+    """Updates/s and MFLOP per update of ``agent``; ``width`` sets every hidden layer of its networks to that
+    many units (same depth), e.g. 8 for the update's per-op floor."""
+    learner, buffer = bench_setup(agent, device, data, width)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(i: int) -> None:
@@ -147,6 +163,35 @@ def bench_seeds(agent: str, device: torch.device, data: TransitionDataset, secon
         stack.update(SeedStack.sample(buffer, 256, gens), i, gens)
 
     return k * timed_rate(step, device, seconds, first=1)
+
+
+def overhead_table(args: argparse.Namespace, data: TransitionDataset) -> None:
+    """Per-update floor: each agent at its widths and with 8-unit hidden layers (same ops, ~no FLOPs), taking
+    turns (``--rounds``, median). ``full - floor`` bounds the time the update's FLOPs need at the current kernel
+    rates; the last column is the share of the matmul limit the update would reach with a zero floor."""
+    import statistics
+
+    for dev_name in args.devices:
+        device = torch.device(dev_name)
+        peak = matmul_gflops(device)
+        print(f"\n## {dev_name}: 256^3 float32 matmul {peak:.1f} GFLOP/s; median of {args.rounds} interleaved rounds "
+              f"of {args.seconds:g} s\n")
+        print("| agent | upd/s | ms/update | 8-unit ms/update (floor) | floor share | share of limit | "
+              "share with a zero floor |")
+        print("|---|---|---|---|---|---|---|")
+        for agent in args.agents:
+            full: list[dict[str, float]] = []
+            floor: list[float] = []
+            for _ in range(args.rounds):
+                full.append(bench(agent, device, data, args.seconds))
+                floor.append(1e3 / bench(agent, device, data, args.seconds, width=8)["upd_s"])
+            ms = 1e3 / statistics.median(r["upd_s"] for r in full)
+            floor_ms = statistics.median(floor)
+            mflop = full[0]["mflop"]
+            share = mflop / (ms * peak)  # GFLOP/s x ms = MFLOP
+            bound = mflop / ((ms - floor_ms) * peak)
+            print(f"| {agent} | {1e3 / ms:.1f} | {ms:.2f} | {floor_ms:.2f} | {100 * floor_ms / ms:.0f}% | "
+                  f"{100 * share:.0f}% | {100 * bound:.0f}% |", flush=True)
 
 
 def seeds_table(args: argparse.Namespace, data: TransitionDataset) -> None:
@@ -299,6 +344,8 @@ def main() -> None:
                         help="TD3+BC eager vs compiled (vs --corl), interleaved, instead of the agent table")
     parser.add_argument("--corl", default=None, metavar="CHECKOUT",
                         help="--compile: also time CORL's td3_bc.py step from this checkout of corl-team/CORL")
+    parser.add_argument("--overhead", action="store_true",
+                        help="per-update floor: each agent vs the same agent with 8-unit hidden layers, interleaved")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_dataset(args.rows)
@@ -309,12 +356,13 @@ def main() -> None:
               f"{args.rows} rows")
         compile_table(args, data)
         return
-    if args.seeds:
+    if args.seeds or args.overhead:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         load = os.getloadavg()[0]
-        print(f"# rlreg bench_updates --seeds: commit {commit.stdout.strip()}, torch {torch.__version__}, "
+        mode = "--seeds" if args.seeds else "--overhead"
+        print(f"# rlreg bench_updates {mode}: commit {commit.stdout.strip()}, torch {torch.__version__}, "
               f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {load:.1f}, batch 256, {args.rows} rows")
-        seeds_table(args, data)
+        (seeds_table if args.seeds else overhead_table)(args, data)
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"# rlreg bench_updates: commit {commit.strip()}, torch {torch.__version__}, {args.threads} threads, "
