@@ -93,12 +93,16 @@ def timed_rate(step: Callable[[int], None], device: torch.device, seconds: float
 
 
 def width_overrides(agent: str, width: int) -> list[str]:
-    """Overrides setting every hidden-layer list of ``agent``'s config (``agent.*hidden``) to ``width`` units."""
+    """Overrides setting every hidden layer of ``agent``'s config to ``width`` units (same depth): the agent's
+    ``agent.*hidden`` (a list of widths, or one width) and its regularizers' ``regularizer.<name>.*hidden`` (SPOT's
+    and A2PR's VAEs)."""
     from conftest import compose
 
-    node = compose([f"agent={agent}"])["agent"]
-    return [f"agent.{key}=[{','.join([str(width)] * len(value))}]" for key, value in node.items()
-            if key.endswith("hidden") and not isinstance(value, (str, int, float))]
+    cfg = compose([f"agent={agent}"])
+    nodes = {"agent": cfg["agent"], **{f"regularizer.{name}": node for name, node in cfg.get("regularizer", {}).items()}}
+    sized = {list: lambda value: f"[{','.join([str(width)] * len(value))}]", int: lambda value: str(width)}
+    return [f"{prefix}.{key}={sized[type(value)](value)}" for prefix, node in nodes.items()
+            for key, value in node.items() if key.endswith("hidden") and type(value) in sized]
 
 
 def bench_setup(agent: str, device: torch.device, data: TransitionDataset,
