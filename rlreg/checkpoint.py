@@ -43,6 +43,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in found]
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """The file of checkpoint ``step`` in ``run_dir`` (``checkpoints/ckpt_0000012000.pt`` for 12000)."""
+    return checkpoint_dir(run_dir) / f"ckpt_{step:010d}.pt"
+
+
 def checkpoint_step(path: Path) -> int:
     """The step in a checkpoint's file name (``ckpt_0000012000.pt`` -> 12000)."""
     m = _NAME.match(Path(path).name)
@@ -127,7 +132,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
-    path = checkpoint_dir(run_dir) / f"ckpt_{step:010d}.pt"
+    path = checkpoint_path(run_dir, step)
     atomic_torch_save(state, path)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

@@ -363,7 +363,10 @@ def summarize(ds_id: str, root: str | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def _kv(args: Sequence[str], allowed: Sequence[str]) -> dict[str, str]:
+def _kv(args: Sequence[str], allowed: Sequence[str], required: Sequence[str] = (), usage: str = "",
+        command: str = "") -> dict[str, str]:
+    """The ``key=value`` arguments of ``command`` as a dict; a UserError for an unknown key or a missing
+    ``required`` one (with ``usage``)."""
     out = {}
     for a in args:
         key, sep, value = a.partition("=")
@@ -371,11 +374,15 @@ def _kv(args: Sequence[str], allowed: Sequence[str]) -> dict[str, str]:
             raise UserError(f"rlreg.datasets: argument {a!r}: expected key=value with key in {', '.join(allowed)}",
                             hint="python -m rlreg.datasets --help lists the commands and their arguments")
         out[key] = value
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise UserError(f"rlreg.datasets {command}: needs {' '.join(k + '=...' for k in missing)} ({usage})")
     return out
 
 
 def _int(kv: dict[str, str], key: str, default: int | None = None) -> int:
-    """``kv[key]`` as an int (``default`` when absent); a UserError naming the argument otherwise."""
+    """``kv[key]`` as an int (``default`` when absent: give no default for a required argument); a UserError
+    naming the argument otherwise."""
     if key not in kv and default is not None:
         return default
     try:
@@ -409,9 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 kv.get("policy"), _int(kv, "num_envs", 16)),
                          root=kv.get("root"), force=_bool(kv.get("force", "false")))
         elif cmd == "export":
-            kv = _kv(rest, ["id", "out", "root"])
-            if "id" not in kv or "out" not in kv:
-                raise UserError("rlreg.datasets export: needs id=rlreg/<env>/<level>-v0 out=<file.hdf5>")
+            kv = _kv(rest, ["id", "out", "root"], ["id", "out"], "id=rlreg/<env>/<level>-v0 out=<file.hdf5>", cmd)
             print(f"[rlreg] wrote {export_hdf5(kv['id'], Path(kv['out']), kv.get('root'))}")
         elif cmd == "summary":
             kv = _kv(rest, ["env", "level", "root", "json"])
@@ -425,12 +430,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"| {r['id']} | {r['transitions']:,} | {r['episodes']:,} | {r['return_mean']:.1f} ± "
                       f"{r['return_std']:.1f} | {r['normalized_mean']:.1f} ± {r['normalized_std']:.1f} |")
         elif cmd == "replay":
-            kv = _kv(rest, ["run", "step", "name", "command", "upto"])
-            missing = [k for k in ("run", "step", "name") if k not in kv]
-            if missing:
-                raise UserError(f"rlreg.datasets replay: needs {', '.join(k + '=...' for k in missing)} "
-                                "(run=<run dir> step=<checkpoint step> name=<env>_<level>)")
-            upto = _int(kv, "upto") if "upto" in kv else None
+            kv = _kv(rest, ["run", "step", "name", "command", "upto"], ["run", "step", "name"],
+                     "run=<run dir> step=<checkpoint step> name=<env>_<level>", cmd)
+            upto = _int(kv, "upto") if "upto" in kv else None  # optional, no default
             replay_from_run(Path(kv["run"]), _int(kv, "step"), kv["name"], kv.get("command"), upto=upto)
         else:
             raise UserError(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
@@ -446,9 +448,9 @@ def replay_from_run(
     ``upto=n`` keeps the buffer's first ``n`` rows: the transitions of env steps ``0..n-1``, i.e. the buffer
     the run had at step ``n``, taken from a later checkpoint (a single-env, 1-step buffer that has not wrapped).
     """
-    from rlreg.checkpoint import checkpoint_dir, load_checkpoint
+    from rlreg.checkpoint import checkpoint_path, load_checkpoint
 
-    ckpt = checkpoint_dir(run_dir) / f"ckpt_{step:010d}.pt"
+    ckpt = checkpoint_path(run_dir, step)
     if not ckpt.exists():
         raise DatasetError(f"{ckpt}: no checkpoint at step {step} in {run_dir}")
     state = load_checkpoint(ckpt)

@@ -73,11 +73,10 @@ def check_supported_config(learner: str, config: Any, regularizers: Sequence[str
 
 
 def check_supported(learner: nn.Module) -> None:
-    """:func:`check_supported_config` for a built learner (a :class:`SeedStack` made outside a run)."""
-    if not isinstance(learner, (SACLearner, TD3Learner)):
-        raise ConfigError(f"seeds=[...] / compile=true: the stacked update supports TD3-family (td3, td3bc) and "
-                          f"SAC-family (sac, sacn) learners, not {type(learner).__name__}")
-    check_supported_config(type(learner).name, learner.config, [reg.name for reg in learner.regularizers])
+    """:func:`check_supported_config` for a built learner (a :class:`SeedStack` made outside a run); an unknown
+    learner is refused before its config is read."""
+    check_supported_config(getattr(type(learner), "name", type(learner).__name__), getattr(learner, "config", None),
+                           [reg.name for reg in getattr(learner, "regularizers", ())])
 
 
 def _base(module: nn.Module) -> nn.Module:

@@ -30,7 +30,8 @@ CONF_DIR = str(_CONF_PATH)
 def run_from_hydra(cfg: DictConfig) -> RunConfig:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    return to_run_config(container)  # launcher options (seeds, compile) are read by hydra_main and dropped there  # type: ignore[arg-type]
+    # the launcher options (seeds, compile: config.LAUNCHER_OPTIONS) are read by hydra_main; to_run_config drops them
+    return to_run_config(container)  # type: ignore[arg-type]
 
 
 def report(summary: dict[str, Any]) -> None:

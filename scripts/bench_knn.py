@@ -29,10 +29,7 @@ the official search). ``auto (tree n, brute m)``: how many timed calls each path
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rlreg.data.knn import AutoIndex, build_index  # noqa: E402
+from provenance import git_commit, machine  # noqa: E402
 
 DIMS = {"hopper": (11, 3), "walker": (17, 6)}
 REGIMES = {"near": 0.1, "mid": 0.3, "far": None}
@@ -170,10 +168,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=500, help="--embedded: updates per reported window")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# rlreg bench_knn: commit {commit}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load:.1f}, "
+    print(f"# rlreg bench_knn: commit {git_commit()}, {machine()}, {args.threads} thread(s), "
           + ("hopper-embedded training" if args.embedded else f"{args.rows} rows, B = {args.batch}, beta = {args.beta}"))
     if args.embedded:
         embedded(args.embedded, args.window)

@@ -20,8 +20,6 @@ CPU time is reported next to wall-clock time: on a shared machine the CPU-time f
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from rlreg.agents import build_agent  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import ReplayBuffer  # noqa: E402
 from rlreg.envs import env_setup, make_env  # noqa: E402
+from provenance import git_commit, machine  # noqa: E402
 
 VARIANTS = {
     "mbpo (7 Gaussian, 5 elites)": ["agent=mbpo"],
@@ -117,9 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"# bench_mbpo: env={args.env} device={device} threads={args.threads} commit={commit.strip()} "
-          f"cpu={platform.processor() or platform.machine()} torch={torch.__version__}")
+    print(f"# bench_mbpo: env={args.env} device={device} threads={args.threads} commit={git_commit()}, {machine()}")
     print(f"# real data {args.real_steps} transitions, model training capped at {args.model_epochs} epochs, "
           f"rollouts {args.rollout_batch} x k={args.k}, {args.updates} timed SAC updates")
     rows = [bench(name, ov, args, device) for name, ov in VARIANTS.items()]

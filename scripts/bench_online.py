@@ -11,8 +11,6 @@ transfers (with one torch thread it is the wall-clock rate of an idle core).
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from rlreg.agents import build_agent  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import ReplayBuffer  # noqa: E402
 from rlreg.envs import env_setup, env_spaces, make_env  # noqa: E402
+from provenance import git_commit, machine  # noqa: E402
 
 
 def bench(agent: str, env_name: str, steps: int, warmup: int, device: torch.device, extra: list[str]) -> dict:
@@ -77,9 +76,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every agent")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"# rlreg bench_online: commit {commit.strip()}, torch {torch.__version__}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}, env {args.env}, {args.steps} timed steps after "
+    print(f"# rlreg bench_online: commit {git_commit()}, {machine()}, {args.threads} threads, "
+          f"env {args.env}, {args.steps} timed steps after "
           f"{args.warmup} random ones\n")
     print("| agent | UTD | env steps/s (wall) | env steps/s (CPU time) | updates/s (CPU time) |")
     print("|---|---|---|---|---|")

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +34,7 @@ from rlreg.regularizers.base import SetupContext  # noqa: E402
 from rlreg.config import to_run_config  # noqa: E402
 from rlreg.data.buffers import OfflineBuffer  # noqa: E402
 from rlreg.data.dataset import TransitionDataset  # noqa: E402
+from provenance import git_commit, machine  # noqa: E402
 
 # every agent config in conf/agent; extra overrides per agent (SAC-N/EDAC at N=10 as in the
 # official-speed table)
@@ -72,6 +70,14 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * 256**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def device_heading(dev_name: str, extra: str = "") -> tuple[torch.device, float]:
+    """Print the table heading of ``dev_name`` with its matmul limit; returns the device and the limit (GFLOP/s)."""
+    device = torch.device(dev_name)
+    peak = matmul_gflops(device)
+    print(f"\n## {dev_name}: 256^3 float32 matmul {peak:.1f} GFLOP/s{extra}\n")
+    return device, peak
 
 
 def timed_rate(step: Callable[[int], None], device: torch.device, seconds: float, first: int, warmup: int = 20) -> float:
@@ -176,10 +182,7 @@ def overhead_table(args: argparse.Namespace, data: TransitionDataset) -> None:
     import statistics
 
     for dev_name in args.devices:
-        device = torch.device(dev_name)
-        peak = matmul_gflops(device)
-        print(f"\n## {dev_name}: 256^3 float32 matmul {peak:.1f} GFLOP/s; median of {args.rounds} interleaved rounds "
-              f"of {args.seconds:g} s\n")
+        device, peak = device_heading(dev_name, f"; median of {args.rounds} interleaved rounds of {args.seconds:g} s")
         print("| agent | upd/s | ms/update | 8-unit ms/update (floor) | floor share | share of limit | "
               "share with a zero floor |")
         print("|---|---|---|---|---|---|---|")
@@ -353,28 +356,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_dataset(args.rows)
-    if args.compile:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        print(f"# rlreg bench_updates --compile: commit {commit.stdout.strip()}, torch {torch.__version__}, "
-              f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {os.getloadavg()[0]:.1f}, batch 256, "
-              f"{args.rows} rows")
-        compile_table(args, data)
+    tables = {"compile": compile_table, "seeds": seeds_table, "overhead": overhead_table}
+    mode = next((m for m in tables if getattr(args, m)), None)
+    print(f"# rlreg bench_updates{f' --{mode}' if mode else ''}: commit {git_commit()}, {machine()}, "
+          f"{args.threads} threads, batch 256, {args.rows} rows")
+    if mode is not None:
+        tables[mode](args, data)
         return
-    if args.seeds or args.overhead:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        load = os.getloadavg()[0]
-        mode = "--seeds" if args.seeds else "--overhead"
-        print(f"# rlreg bench_updates {mode}: commit {commit.stdout.strip()}, torch {torch.__version__}, "
-              f"{args.threads} threads, {os.cpu_count()} cores, 1-min load {load:.1f}, batch 256, {args.rows} rows")
-        (seeds_table if args.seeds else overhead_table)(args, data)
-        return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"# rlreg bench_updates: commit {commit.strip()}, torch {torch.__version__}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}, batch 256, {args.rows} rows")
     for dev_name in args.devices:
-        device = torch.device(dev_name)
-        peak = matmul_gflops(device)
-        print(f"\n## {dev_name}: 256^3 float32 matmul {peak:.1f} GFLOP/s\n")
+        device, peak = device_heading(dev_name)
         print("| agent | upd/s | MFLOP/update | limit upd/s | share of limit |")
         print("|---|---|---|---|---|")
         for agent in args.agents:

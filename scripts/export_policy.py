@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
-from rlreg.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
+from rlreg.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from rlreg.logging import read_metrics
 from rlreg.policies import ASSETS, save_policy
+from provenance import git_commit
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
                         help="commit of the code that trained it (a worktree's; default: this checkout's HEAD)")
     args = parser.parse_args()
 
-    ckpt = checkpoint_dir(args.run_dir) / f"ckpt_{args.step:010d}.pt" if args.step else latest_checkpoint(args.run_dir)
+    ckpt = checkpoint_path(args.run_dir, args.step) if args.step else latest_checkpoint(args.run_dir)
     if args.step and not ckpt.exists():  # a run with trainer.snapshot_every keeps the networks of every snapshot
         ckpt = args.run_dir / "snapshots" / f"step_{args.step:010d}.pt"
     state = load_checkpoint(ckpt)
@@ -53,8 +53,7 @@ def main() -> None:
         "env": env["id"],
         "trained_by": {"command": args.command, "seed": config["seed"], "env_steps": state["step"],
                        "checkpoint": ckpt.name,
-                       "commit": args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                                               capture_output=True, text=True).stdout.strip(),
+                       "commit": args.commit or git_commit(),
                        "machine": f"{platform.machine()} {platform.processor()}, torch {torch.__version__}"},
         "evaluation": {"episodes": config["trainer"]["eval_episodes"], "return": ev.get("eval/return"),
                        "return_std": ev.get("eval/return_std"),

@@ -188,13 +188,19 @@ def test_medium_replay_episodes_rebuilt_from_the_replay_buffer(tmp_path):
     assert len(data) == 400 and data.terminals.sum() == sum(int(ep["terminations"].sum()) for ep in truth)
 
 
+def refill(state: dict, capacity: int, rows: int) -> ReplayBuffer:
+    """A ReplayBuffer of ``capacity`` with the first ``rows`` transitions of a buffer's ``state`` added one by one."""
+    buffer = ReplayBuffer(capacity, state["observations"].shape[1], state["actions"].shape[1])
+    for i in range(rows):
+        buffer.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
+                   1.0 - state["not_done"][i])
+    return buffer
+
+
 def test_a_full_ring_is_read_oldest_first():
     buf, truth = rollout_into_buffer(60, max_len=1000)
-    small = ReplayBuffer(50, buf.obs_dim, buf.act_dim)
     state = buf.state_dict()
-    for i in range(60):  # the ring wraps: rows 10..59 survive, the oldest at ptr = 10
-        small.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
-                  1.0 - state["not_done"][i])
+    small = refill(state, 50, 60)  # the ring wraps: rows 10..59 survive, the oldest at ptr = 10
     got = replay_episodes(small.state_dict())
     flat = np.concatenate([ep["actions"] for ep in got])
     np.testing.assert_array_equal(flat, state["actions"][10:].numpy())
@@ -202,11 +208,8 @@ def test_a_full_ring_is_read_oldest_first():
 
 def test_a_buffer_prefix_is_the_buffer_an_earlier_step_had():
     buf, _ = rollout_into_buffer(300, max_len=40)
-    earlier = ReplayBuffer(10_000, buf.obs_dim, buf.act_dim)
     state = buf.state_dict()
-    for i in range(170):  # the same run stopped at step 170
-        earlier.add(state["observations"][i], state["actions"][i], state["rewards"][i], state["next_observations"][i],
-                    1.0 - state["not_done"][i])
+    earlier = refill(state, 10_000, 170)  # the same run stopped at step 170
     prefix = buffer_prefix(state, 170, added=300)
     got, want = replay_episodes(prefix), replay_episodes(earlier.state_dict())
     assert all(len(prefix[k]) == 170 for k in ("observations", "rewards", "discounts"))  # every row array cut
@@ -217,10 +220,7 @@ def test_a_buffer_prefix_is_the_buffer_an_earlier_step_had():
     with pytest.raises(DatasetError, match=r"upto=301 must be in \[1, 300\]"):
         buffer_prefix(state, 301, added=300)
     for added in (50, 60, 100):  # exactly full (never wrapped), wrapped, wrapped twice (ptr back at 0 as at 50)
-        small = ReplayBuffer(50, buf.obs_dim, buf.act_dim)
-        for i in range(added):
-            small.add(state["observations"][i], state["actions"][i], state["rewards"][i],
-                      state["next_observations"][i], 1.0 - state["not_done"][i])
+        small = refill(state, 50, added)
         if added == 50:
             np.testing.assert_array_equal(buffer_prefix(small.state_dict(), 20, added)["observations"],
                                           state["observations"][:20].numpy())

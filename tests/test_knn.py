@@ -170,23 +170,21 @@ def test_each_query_is_pruned_at_its_own_bound_in_one_search(monkeypatch: pytest
             calls.append(1)
             return self._ball(*args, **kwargs)
 
+    def check(bound: np.ndarray, ref_i: np.ndarray, ref_d: np.ndarray, k: int = 1) -> None:
+        idx, sq = tree.query(torch.as_tensor(queries), k=k, upper_bound=torch.as_tensor(bound))
+        np.testing.assert_array_equal(idx.numpy(), ref_i)
+        np.testing.assert_array_equal(sq.numpy(), ref_d)
+
     monkeypatch.setattr(tree, "tree", CountingTree(tree.tree))
-    idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
-    np.testing.assert_array_equal(idx.numpy(), ref_i)
-    np.testing.assert_array_equal(sq.numpy(), ref_d)
+    check(bound, ref_i, ref_d)
     assert not calls, "a valid bound must certify without the ball-query fallback"
     bound[::7] = np.nan  # useless hints (NaN, inf, absurd) are dropped per query, never trusted
     bound[1::7] = np.inf
     bound[2::7] = 1e200  # far above the batch's other bounds: searched without it
     bound[3::7] = 0.0  # wrong for the perturbed queries: they fall back to the exact ranking
-    idx, sq = tree.query(torch.as_tensor(queries), upper_bound=torch.as_tensor(bound))
-    np.testing.assert_array_equal(idx.numpy(), ref_i)
-    np.testing.assert_array_equal(sq.numpy(), ref_d)
+    check(bound, ref_i, ref_d)
     ref3_i, ref3_d = brute_force_reference(keys, queries, k=3)  # the k-th neighbour under per-query bounds too
-    bound3 = np.sqrt(ref3_d) * np.geomspace(1.0, 1e3, 300)
-    idx, sq = tree.query(torch.as_tensor(queries), k=3, upper_bound=torch.as_tensor(bound3))
-    np.testing.assert_array_equal(idx.numpy(), ref3_i)
-    np.testing.assert_array_equal(sq.numpy(), ref3_d)
+    check(np.sqrt(ref3_d) * np.geomspace(1.0, 1e3, 300), ref3_i, ref3_d, k=3)
 
 
 @pytest.mark.parametrize("path", PATHS)

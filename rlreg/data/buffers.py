@@ -173,8 +173,7 @@ class ReplayBuffer:
             raise ValueError(f"ReplayBuffer.add: with n_step={self.n_step} add one transition at a time (got {n})")
         rows = self.writer.push(o[0], a[0], float(r[0]), no[0], bool(nd[0] == 0), bool(truncated))
         if rows is not None:
-            obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
-            self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
+            self._write_nstep(rows)
 
     def end_episode(self, last_obs: Any) -> int:
         """End the episode as a truncation after the last added transition, whose next observation is ``last_obs``
@@ -182,7 +181,10 @@ class ReplayBuffer:
         with bootstrap from ``last_obs``, as on a time limit. Returns how many rows were written."""
         if self.writer is None or not len(self.writer):
             return 0
-        rows = self.writer.flush(self._t(last_obs, torch.float32).reshape(self.obs_dim))
+        return self._write_nstep(self.writer.flush(self._t(last_obs, torch.float32).reshape(self.obs_dim)))
+
+    def _write_nstep(self, rows: tuple[Tensor, ...]) -> int:
+        """Store the n-step writer's finished ``rows`` (see :meth:`NStepWriter.push`); returns how many."""
         obs_k, act_k, ret_k, next_k, term_k, disc_k = rows
         self._write(obs_k, act_k, ret_k, next_k, 1.0 - term_k, disc_k)
         return int(obs_k.shape[0])

@@ -165,15 +165,25 @@ class TreeIndex(KNNIndex):
         """``kk``-NN search of the (B, D) queries: without ``bound``, plain distances; with one, each query pruned at
         its own bound in a single call (module docstring): augmented distances and ``(B, kk)`` indices (inf / N
         past the bound)."""
-        lift = np.zeros((q64.shape[0], 1))
+        lift = radius = None
         if bound is not None:
             radius = self._radius(bound)
             # each bound is loosened by 1e-10 R^2 (only the speed depends on it), so that a row at distance b_q
             # lies clearly inside R: its augmented distance plus the certificate's margin stays below R
-            lift[:, 0] = np.sqrt(np.maximum(radius * radius * (1 - 1e-10) - bound * bound, 0.0))
-        d, i = self.tree.query(np.concatenate([q64, lift], 1), k=[kk] if kk == 1 else kk,
-                               distance_upper_bound=np.inf if bound is None else radius, workers=workers)
+            lift = np.sqrt(np.maximum(radius * radius * (1 - 1e-10) - bound * bound, 0.0))
+        d, i = self.tree.query(self._lifted(q64, lift), k=[kk] if kk == 1 else kk,
+                               distance_upper_bound=np.inf if radius is None else radius, workers=workers)
         return np.reshape(d, (-1, kk)), np.reshape(i, (-1, kk))
+
+    @staticmethod
+    def _lifted(q64: np.ndarray, lift: np.ndarray | None = None) -> np.ndarray:
+        """The (B, D) queries with the tree's extra column appended: zero (plain distances) or each query's lift."""
+        column = np.zeros((q64.shape[0], 1)) if lift is None else lift[:, None]
+        return np.concatenate([q64, column], 1)
+
+    def _kth_distance(self, q64: np.ndarray, k: int, workers: int) -> np.ndarray:
+        """Each query's plain k-th neighbour distance (an unpruned k-NN search)."""
+        return self._search(q64, k, workers)[0][:, k - 1]
 
     @staticmethod
     def _radius(bound: np.ndarray) -> float:
@@ -219,7 +229,7 @@ class TreeIndex(KNNIndex):
         if not np.isfinite(bound).all():  # no (usable) bound: the k-th distance from a plain k-NN search
             free = ~np.isfinite(bound)
             bound = bound.copy()
-            bound[free] = self._search(q64[free], k, workers)[0][:, k - 1]
+            bound[free] = self._kth_distance(q64[free], k, workers)
         kk = min(k + 1, self.num_rows)
         dist, idx = self._search(q64, kk, workers, bound)
         # the k-th is well inside the searched radius, so any row tied with it (up to the tree's float64
@@ -238,9 +248,8 @@ class TreeIndex(KNNIndex):
             out_i[sel] = kth_in_rows(exact, rows, k)[1].numpy()
         rest = np.flatnonzero(~good)
         if rest.size:  # exact ties at the k-th distance (e.g. duplicated rows) or a wrong upper_bound
-            q_rest = np.concatenate([q64[rest], np.zeros((rest.size, 1))], 1)  # on the zero column: plain distances
-            radius = self._search(q64[rest], k, workers)[0][:, k - 1]
-            hits = self.tree.query_ball_point(q_rest, radius * (1 + 4e-9) + 1e-30, workers=workers,
+            radius = self._kth_distance(q64[rest], k, workers)
+            hits = self.tree.query_ball_point(self._lifted(q64[rest]), radius * (1 + 4e-9) + 1e-30, workers=workers,
                                               return_sorted=False)
             counts = torch.tensor([len(h) for h in hits], dtype=torch.int64)
             rows = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]))

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rlreg.config import ConfigError, DatasetConfig, EnvConfig, check_choice
+from rlreg.config import ConfigError, DatasetConfig, EnvConfig, check_choice, check_range
 from rlreg.data.buffers import Batch
 from rlreg.learners.base import adam
 from rlreg.nets import TanhGaussianActor, gaussian_kl
@@ -123,14 +123,10 @@ class DemoRegRegularizer(Regularizer):
         check_choice("regularizer.demoreg.source", config.source, ("policy", "dataset"))
         check_choice("regularizer.demoreg.select", config.select, ("best", "first"))
         for key in ("bc_steps", "num_episodes", "bc_batch_size", "eval_every", "patience"):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"regularizer.demoreg.{key} must be >= 1, got {getattr(config, key)}")
-        if config.lam <= 0:
-            raise ConfigError(f"regularizer.demoreg.lam must be > 0, got {config.lam}")
-        if config.std_min <= 0:
-            raise ConfigError(f"regularizer.demoreg.std_min must be > 0, got {config.std_min}")
-        if not 0.0 <= config.holdout < 1.0:
-            raise ConfigError(f"regularizer.demoreg.holdout must be in [0, 1), got {config.holdout}")
+            check_range(f"regularizer.demoreg.{key}", getattr(config, key), 1)
+        check_range("regularizer.demoreg.lam", config.lam, 0.0, low_open=True)
+        check_range("regularizer.demoreg.std_min", config.std_min, 0.0, low_open=True)
+        check_range("regularizer.demoreg.holdout", config.holdout, 0.0, 1.0, high_open=True)
         self.config = config
         self.demos: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"nll": None, "state": None, "bad_evals": 0, "finished": False}

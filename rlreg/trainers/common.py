@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from rlreg.runs import (
     run_name,
     task_name,
 )
+
+if TYPE_CHECKING:
+    from rlreg.trainers.offline import OfflineData
 
 # errno values of a write that failed for lack of room
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -473,6 +476,12 @@ class TrainerBase:
             return self._train_locked(state)
         finally:
             self._unlock_run_dir()
+
+    def _use_data(self, data: "OfflineData") -> None:
+        """Train on the offline ``data``: its fingerprint and source are recorded for the resume and fine-tuning
+        checks (one dataset may serve several trainers, e.g. the K runs of ``seeds=[...]``)."""
+        self.data = data
+        self.data_fingerprint, self.data_source = data.fingerprint, data.dataset.source
 
     def _begin(self, state: dict[str, Any] | None) -> None:
         """Build the learner (:meth:`_setup`) and restore ``state``: a checkpoint, or None for a fresh run."""

@@ -59,7 +59,7 @@ class FinetuneTrainer(OnlineTrainer):
 
     def _load_data(self) -> None:
         t = self.run.trainer
-        self.data = load_run_data(self)
+        self._use_data(load_run_data(self))
         n = len(self.data.buffer)
         if t.buffer_size < n + t.total_steps:
             raise ConfigError(

@@ -55,17 +55,15 @@ def load_offline_data(dcfg: DatasetConfig, device: torch.device, gamma: float) -
 
 
 def load_run_data(trainer: TrainerBase) -> OfflineData:
-    """:func:`load_offline_data` for the run of ``trainer``, whose fingerprint and source it records."""
+    """:func:`load_offline_data` for the dataset and discount of ``trainer``'s run."""
     dcfg = trainer.run.dataset
     assert dcfg is not None
-    data = load_offline_data(dcfg, trainer.device, gamma=trainer.run.agent.learner_config.gamma)
-    trainer.data_fingerprint, trainer.data_source = data.fingerprint, data.dataset.source
-    return data
+    return load_offline_data(dcfg, trainer.device, gamma=trainer.run.agent.learner_config.gamma)
 
 
 class OfflineTrainer(TrainerBase):
     def _load_data(self) -> None:
-        self.data = load_run_data(self)
+        self._use_data(load_run_data(self))
 
     def _setup(self) -> None:
         dcfg, data = self.run.dataset, self.data

@@ -71,7 +71,7 @@ def train_seeds(runs: list[RunConfig], announce: bool = True, compile: bool = Fa
             if i == 0:
                 tr._load_data()
             else:  # the runs differ only in their seed: one copy of the dataset and its device buffer for all
-                tr.data, tr.data_fingerprint, tr.data_source = first.data, first.data_fingerprint, first.data_source
+                tr._use_data(first.data)
             state = tr._prepare_run_dir()
             locked.append(tr)
             tr._begin(state)
