@@ -380,10 +380,10 @@ def _kv(args: Sequence[str], allowed: Sequence[str], required: Sequence[str] = (
     return out
 
 
-def _int(kv: dict[str, str], key: str, default: int | None = None) -> int:
-    """``kv[key]`` as an int (``default`` when absent: give no default for a required argument); a UserError
-    naming the argument otherwise."""
-    if key not in kv and default is not None:
+def _int(kv: dict[str, str], key: str, default: int | None = None) -> int | None:
+    """``kv[key]`` as an int, ``default`` when absent (required arguments are checked by :func:`_kv`); a UserError
+    naming the argument when it is not an integer."""
+    if key not in kv:
         return default
     try:
         return int(kv[key])
@@ -432,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif cmd == "replay":
             kv = _kv(rest, ["run", "step", "name", "command", "upto"], ["run", "step", "name"],
                      "run=<run dir> step=<checkpoint step> name=<env>_<level>", cmd)
-            upto = _int(kv, "upto") if "upto" in kv else None  # optional, no default
-            replay_from_run(Path(kv["run"]), _int(kv, "step"), kv["name"], kv.get("command"), upto=upto)
+            replay_from_run(Path(kv["run"]), _int(kv, "step"), kv["name"], kv.get("command"),
+                            upto=_int(kv, "upto"))
         else:
             raise UserError(f"rlreg.datasets: unknown command {cmd!r}; use make, export, summary or replay")
     except UserError as err:  # one [rlreg] line and a hint, exit code 2 (README: "Faults and bad input")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -179,8 +180,6 @@ def overhead_table(args: argparse.Namespace, data: TransitionDataset) -> None:
     """Per-update floor: each agent at its widths and with 8-unit hidden layers (same ops, ~no FLOPs), taking
     turns (``--rounds``, median). ``full - floor`` bounds the time the update's FLOPs need at the current kernel
     rates; the last column is the share of the matmul limit the update would reach with a zero floor."""
-    import statistics
-
     for dev_name in args.devices:
         device, peak = device_heading(dev_name, f"; median of {args.rounds} interleaved rounds of {args.seconds:g} s")
         print("| agent | upd/s | ms/update | 8-unit ms/update (floor) | floor share | share of limit | "
@@ -204,8 +203,6 @@ def overhead_table(args: argparse.Namespace, data: TransitionDataset) -> None:
 def seeds_table(args: argparse.Namespace, data: TransitionDataset) -> None:
     """K-seed scaling: seed-updates/s of one K-copy stack vs K x one seed's updates/s, the K values taking turns
     (``--rounds`` rounds, median) so that a change of load on a shared machine hits all of them."""
-    import statistics
-
     for dev_name in args.devices:
         device = torch.device(dev_name)
         for agent in args.agents:
@@ -282,8 +279,6 @@ def rate(step: Callable[[], object], seconds: float, device: torch.device) -> fl
 def compile_table(args: argparse.Namespace, data: TransitionDataset) -> None:
     """TD3+BC updates/s: rlreg eager, rlreg compiled (the vmapped functional update of rlreg.seeds with K = 1,
     ``compile=True``) and, with ``--corl``, CORL's official td3_bc step, taking turns in the same process."""
-    import statistics
-
     from conftest import compose
 
     from rlreg.seeds import SeedStack
